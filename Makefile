@@ -1,0 +1,55 @@
+# The two commands of the README's quick start, each self-contained on a fresh machine:
+#   make run    create .venv, install, make sure the data source is there, dvc repro
+#   make test   create .venv, install, run the whole test suite
+# Both are idempotent: a second call reuses the venv and the data.
+
+PYTHON   ?= python3
+VENV     := .venv
+BIN      := $(CURDIR)/$(VENV)/bin
+DATA_DIR := /usr/share/datasets/fashion-mnist
+STAMP    := $(VENV)/.installed
+SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
+
+export PATH := $(BIN):$(PATH)
+export DVC_NO_ANALYTICS := 1
+
+.PHONY: run test bench lint data sshd install smoke clean
+
+run: install data
+	dvc repro
+
+test: install data sshd
+	pytest -q
+
+bench: install data
+	python -m fmnist.bench
+
+lint: install
+	ruff check src stages tests
+
+smoke: install
+	python -m fmnist.smoke
+
+install: $(STAMP)
+
+$(STAMP): pyproject.toml
+	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install -q --upgrade pip
+	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	touch $@
+
+# The real data from Debian's package, where apt is there and the data is not.
+data:
+	@if [ ! -f $(DATA_DIR)/train-images-idx3-ubyte.gz ] && command -v apt-get >/dev/null; then \
+		echo "installing dataset-fashion-mnist into $(DATA_DIR)"; \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist; \
+	fi
+
+# OpenSSH's server binary, for the test of the SSH remote (the test starts its own sshd).
+sshd:
+	@if [ ! -x /usr/sbin/sshd ] && command -v apt-get >/dev/null; then \
+		$(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q openssh-server; \
+	fi
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache state .bench

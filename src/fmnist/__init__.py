@@ -1,0 +1,16 @@
+"""Fashion-MNIST with LeNet-5 and a scaled-down AlexNet, as a reproducible DVC pipeline."""
+
+CLASSES = (
+    "T-shirt/top",
+    "Trouser",
+    "Pullover",
+    "Dress",
+    "Coat",
+    "Sandal",
+    "Shirt",
+    "Sneaker",
+    "Bag",
+    "Ankle boot",
+)
+
+__all__ = ["CLASSES"]

@@ -1,0 +1,36 @@
+"""Raw IDX files -> the prepared store: train/val/test tensors and the train split's stats."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from sklearn.model_selection import train_test_split
+
+from fmnist.common import UserError
+from fmnist.data import load_raw_split, write_prepared
+from fmnist.params import PreprocessParams
+
+
+def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int,
+                     seed: int) -> tuple[tuple[np.ndarray, np.ndarray],
+                                         tuple[np.ndarray, np.ndarray]]:
+    """Hold out a seeded, class-stratified validation set of ``val_size`` images."""
+    if val_size == 0:
+        return (images, labels), (images[:0], labels[:0])
+    if val_size >= len(labels):
+        raise UserError(f"params.yaml: preprocess.val_size: {val_size} leaves no training "
+                        f"images (the training split has {len(labels)})")
+    idx_train, idx_val = train_test_split(
+        np.arange(len(labels)), test_size=val_size, random_state=seed, stratify=labels)
+    idx_train.sort()
+    idx_val.sort()
+    return (images[idx_train], labels[idx_train]), (images[idx_val], labels[idx_val])
+
+
+def preprocess(params: PreprocessParams, raw_dir: str | Path, out_dir: str | Path) -> dict:
+    raw_dir, out_dir = Path(raw_dir), Path(out_dir)
+    train_images, train_labels = load_raw_split(raw_dir, "train")
+    test = load_raw_split(raw_dir, "t10k")
+    train, val = split_validation(train_images, train_labels, params.val_size, params.seed)
+    return write_prepared(out_dir, train, val, test)
