@@ -34,7 +34,7 @@ from fmnist.data import (
     train_batches,
 )
 from fmnist.models import build_model, count_parameters, spec
-from fmnist.params import TrainParams
+from fmnist.params import TrainParams, validate
 
 CURVE_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
                 "seconds")
@@ -125,13 +125,20 @@ def fingerprint(name: str, params: TrainParams, prepared: Path, world: int) -> d
 # ---------------------------------------------------------------- pieces of the loop
 
 
-def make_optimizer(model: nn.Module, p: TrainParams) -> torch.optim.Optimizer:
+def make_optimizer(model: nn.Module, p: TrainParams,
+                   device: torch.device) -> torch.optim.Optimizer:
+    # The fused kernels update all parameters in one pass: on the CPU they take the
+    # AdamW step of the 22M-parameter AlexNet from about a quarter of the step time to
+    # a few per cent. Same update rule, same results run to run.
+    fused = device.type in ("cpu", "cuda") or None
     if p.optimizer == "adam":  # L2 added to the gradient, as the write-up's Keras code did
-        return torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        return torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay,
+                                fused=fused)
     if p.optimizer == "adamw":
-        return torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay)
+        return torch.optim.AdamW(model.parameters(), lr=p.lr, weight_decay=p.weight_decay,
+                                 fused=fused)
     return torch.optim.SGD(model.parameters(), lr=p.lr, momentum=p.momentum,
-                           nesterov=p.momentum > 0, weight_decay=p.weight_decay)
+                           nesterov=p.momentum > 0, weight_decay=p.weight_decay, fused=fused)
 
 
 def make_scheduler(opt: torch.optim.Optimizer, p: TrainParams,
@@ -205,6 +212,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
     section = section or f"train_{name}"
     prepared, out_dir = Path(prepared), Path(out_dir)
     state_path, curves_path = Path(state_path), Path(curves_path)
+    arch = validate(spec(name).arch, params.arch, f"{section}.arch")
     rt = rt or setup_runtime(params.device, params.threads, params.distributed.backend)
     if params.amp == "fp16" and rt.device.type != "cuda":
         raise UserError(f"params.yaml: {section}.amp: 'fp16' needs a CUDA device; "
@@ -217,12 +225,12 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
     stats = load_stats(prepared) if params.normalize else None
 
     torch.manual_seed(params.seed)
-    model = build_model(name, params.arch, where=f"{section}.arch").to(rt.device)
+    model = spec(name).build(arch).to(rt.device, memory_format=torch.channels_last)
     n_params = count_parameters(model)
     local_batch = params.batch_size // rt.world
     shard = len(train_split) // rt.world
     steps_per_epoch = math.ceil(shard / local_batch)
-    opt = make_optimizer(model, params)
+    opt = make_optimizer(model, params, rt.device)
     sched = make_scheduler(opt, params, params.epochs * steps_per_epoch)
     scaler = torch.amp.GradScaler(rt.device.type, enabled=params.amp == "fp16")
     criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
@@ -314,7 +322,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
     meta = {
         "model": name,
         "title": spec(name).title,
-        "arch": spec(name).arch.model_validate(params.arch).model_dump(),
+        "arch": arch.model_dump(),
         "params": params.model_dump(),
         "trainable_params": n_params,
         "normalize": {"mean": stats.mean, "std": stats.std} if stats else None,

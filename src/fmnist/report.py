@@ -1,0 +1,90 @@
+"""The markdown report: the write-up's two tables per model, a comparison, per-class F1."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from fmnist import CLASSES
+from fmnist.common import write_text
+
+
+def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
+    align = align or "l" + "r" * (len(header) - 1)
+    sep = ["---:" if a == "r" else "---" for a in align]
+    return ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |",
+            *("| " + " | ".join(r) + " |" for r in rows)]
+
+
+def hyperparameters(p: dict[str, Any]) -> list[list[str]]:
+    aug = p["augment"]
+    augment = ", ".join(s for s in (f"random crop (pad {aug['crop_padding']})"
+                                    if aug["crop_padding"] else "",
+                                    "horizontal flip" if aug["hflip"] else "") if s) or "none"
+    rows = [
+        ["Optimizer", p["optimizer"]],
+        ["Learning rate", f"{p['lr']:g}" + (f" (peak, {p['schedule']})"
+                                            if p["schedule"] != "constant" else "")],
+        ["Weight decay", f"{p['weight_decay']:g}" + (" (L2 in the gradient)"
+                                                     if p["optimizer"] == "adam" else "")],
+        ["Batch size", str(p["batch_size"])],
+        ["Epochs", str(p["epochs"])],
+        ["Label smoothing", f"{p['label_smoothing']:g}"],
+        ["Input normalization", "train mean/std" if p["normalize"] else "none (x / 255)"],
+        ["Augmentation", augment],
+        ["Seed", str(p["seed"])],
+    ]
+    if p["optimizer"] == "sgd":
+        rows.insert(1, ["Momentum", f"{p['momentum']:g}"])
+    return rows
+
+
+def results_rows(m: dict[str, Any]) -> list[list[str]]:
+    return [
+        ["Trainable Parameters", f"{m['trainable_params']:,}"],
+        ["Training Loss", f"{m['train']['loss']:.4f}"],
+        ["Training Accuracy", f"{m['train']['accuracy']:.4f}"],
+        ["Test Loss", f"{m['test']['loss']:.4f}"],
+        ["Test Accuracy", f"{m['test']['accuracy']:.4f}"],
+    ]
+
+
+def render(results: list[dict[str, Any]]) -> str:
+    out = ["# Fashion-MNIST results", "",
+           "Written by the `evaluate` stage from the checkpoints and params of this commit; "
+           "compare commits with `dvc metrics diff`.", ""]
+    for r in results:
+        m, meta, name = r["metrics"], r["meta"], r["name"]
+        out += [f"## {meta['title']}", "", "### Hyperparameters", ""]
+        out += _table(["Hyperparameter", "Value"], hyperparameters(meta["params"]), "ll")
+        out += ["", "### Results", ""]
+        out += _table(["Metric", "Value"], results_rows(m))
+        out += ["", f"![confusion matrix](figures/{name}_confusion.png) "
+                f"![training curves](figures/{name}_curves.png)", "",
+                f"Most confident mistakes: [figures/{name}_misclassified.png]"
+                f"(figures/{name}_misclassified.png)", ""]
+
+    titles = [r["meta"]["title"] for r in results]
+    ms = [r["metrics"] for r in results]
+    out += ["## Side by side", ""]
+    rows = [[label, *(fmt(m) for m in ms)] for label, fmt in (
+        ("Trainable Parameters", lambda m: f"{m['trainable_params']:,}"),
+        ("Training Loss", lambda m: f"{m['train']['loss']:.4f}"),
+        ("Training Accuracy", lambda m: f"{m['train']['accuracy']:.4f}"),
+        ("Test Loss", lambda m: f"{m['test']['loss']:.4f}"),
+        ("Test Accuracy", lambda m: f"{m['test']['accuracy']:.4f}"),
+        ("Test macro F1", lambda m: f"{m['test']['macro_f1']:.4f}"),
+        ("Test top-2 accuracy", lambda m: f"{m['test']['top2_accuracy']:.4f}"),
+        ("Epochs", lambda m: str(m["epochs"])),
+        ("Training time (s)", lambda m: f"{m['train_seconds']:.0f}"),
+    )]
+    out += _table(["", *titles], rows)
+    out += ["", "## Per-class F1 (test)", ""]
+    out += _table(["Class", *titles],
+                  [[c, *(f"{m['test']['per_class'][c]['f1']:.3f}" for m in ms)]
+                   for c in CLASSES])
+    return "\n".join(out) + "\n"
+
+
+def write_report(results: list[dict[str, Any]], path: Path) -> None:
+    write_text(path, render(results))

@@ -1,0 +1,24 @@
+"""DVC stage `evaluate`: test both models; write metrics, plot data, figures and the report."""
+
+import argparse
+
+from fmnist.common import run_stage
+from fmnist.evaluate import evaluate
+from fmnist.models import REGISTRY
+from fmnist.params import EvaluateParams, load_section
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__)
+    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("--models", nargs="+", default=list(REGISTRY))
+    args = parser.parse_args()
+    params = load_section("evaluate", EvaluateParams, args.params)
+    for r in evaluate(args.models, params):
+        t = r["metrics"]["test"]
+        print(f"{r['meta']['title']}: test accuracy {t['accuracy']:.4f}, loss {t['loss']:.4f}, "
+              f"macro F1 {t['macro_f1']:.4f}")
+
+
+if __name__ == "__main__":
+    run_stage(main)

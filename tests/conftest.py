@@ -1,0 +1,115 @@
+"""Shared fixtures: synthetic IDX data, a loopback HTTP server, a project copy to run in."""
+
+from __future__ import annotations
+
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+import yaml
+
+from fmnist.smoke import ROOT, make_repo, repo_env, tiny_overrides, update_params
+from fmnist.synthetic import write_dataset
+
+PY = sys.executable
+
+
+@pytest.fixture(scope="session")
+def synthetic(tmp_path_factory) -> tuple[Path, dict[str, str]]:
+    """Four small synthetic IDX .gz files and their content SHA-256s."""
+    d = tmp_path_factory.mktemp("synthetic")
+    return d, write_dataset(d, n_train=600, n_test=200)
+
+
+class Server:
+    """A static file server on 127.0.0.1 that can be told to misbehave per path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.fail: dict[str, list[int]] = {}  # file name -> statuses to answer first
+        self.hits: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def do_GET(self):  # noqa: N802
+                name = self.path.rsplit("/", 1)[-1]
+                server.hits.append(name)
+                pending = server.fail.get(name)
+                if pending:
+                    self.send_error(pending.pop(0))
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+@pytest.fixture
+def http_server(tmp_path) -> Iterator[Callable[[Path], Server]]:
+    servers: list[Server] = []
+
+    def start(root: Path) -> Server:
+        s = Server(root).__enter__()
+        servers.append(s)
+        return s
+
+    yield start
+    for s in servers:
+        s.__exit__(None, None, None)
+
+
+@pytest.fixture
+def workdir(tmp_path, synthetic) -> Path:
+    """A folder with the project's params.yaml (tiny, synthetic) and stages, to run them in."""
+    src, sha = synthetic
+    for name in ("params.yaml", "stages"):
+        p = ROOT / name
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp_path / name)
+    update_params(tmp_path / "params.yaml", tiny_overrides([str(src)], sha))
+    return tmp_path
+
+
+def set_params(path: Path, updates: dict) -> None:
+    update_params(path / "params.yaml" if path.is_dir() else path, updates)
+
+
+def read_params(path: Path) -> dict:
+    return yaml.safe_load((path / "params.yaml").read_text())
+
+
+def run_stage(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    return subprocess.run([PY, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+@pytest.fixture
+def dvc_repo(tmp_path, synthetic) -> tuple[Path, dict[str, str]]:
+    """A fresh git+DVC repo holding a copy of the project, on tiny synthetic params."""
+    src, sha = synthetic
+    home = tmp_path / "home"
+    home.mkdir()
+    env = repo_env(home)
+    repo = make_repo(tmp_path / "repo", env)
+    update_params(repo / "params.yaml", tiny_overrides([str(src)], sha))
+    return repo, env

@@ -1,0 +1,103 @@
+import re
+
+import pytest
+import torch
+
+from fmnist.common import UserError
+from fmnist.models import REGISTRY, LocalResponseNorm, build_model, count_parameters, markdown_table
+from fmnist.smoke import ROOT
+
+
+def test_lenet_has_the_write_ups_44426_parameters():
+    assert count_parameters(build_model("lenet")) == 44_426
+
+
+def alexnet_count_by_hand(channels, fc):
+    convs = [(1, channels[0], 5)] + [(a, b, 3) for a, b in zip(channels, channels[1:])]
+    n = sum(cin * cout * k * k + cout for cin, cout, k in convs)
+    flat = channels[-1] * 3 * 3
+    return n + flat * fc + fc + fc * fc + fc + fc * 10 + 10
+
+
+def test_alexnet_default_parameter_count():
+    expected = alexnet_count_by_hand([16, 64, 128, 128, 128], 4096)
+    assert expected == 21_923_690
+    assert count_parameters(build_model("alexnet")) == expected
+
+
+def test_alexnet_variant_from_params():
+    arch = {"channels": [16, 64, 128, 128], "fc": 256, "lrn": False, "dropout": 0.2}
+    model = build_model("alexnet", arch)
+    assert count_parameters(model) == alexnet_count_by_hand([16, 64, 128, 128], 256)
+    kinds = [type(m).__name__ for m in model.modules()]
+    assert "LocalResponseNorm" not in kinds and kinds.count("Conv2d") == 4
+    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
+    with_lrn = build_model("alexnet", {**arch, "lrn": True})
+    assert sum(isinstance(m, LocalResponseNorm) for m in with_lrn.modules()) == 2
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_forward_shape(name):
+    arch = {"channels": [4, 8, 8, 8, 8], "fc": 16} if name == "alexnet" else {}
+    out = build_model(name, arch)(torch.randn(5, 1, 28, 28))
+    assert out.shape == (5, 10)
+
+
+@pytest.mark.parametrize("name", sorted(REGISTRY))
+def test_overfits_a_batch(name):
+    torch.manual_seed(0)
+    arch = {"channels": [8, 16, 16, 16, 16], "fc": 64, "dropout": 0.0} if name == "alexnet" else {}
+    model = build_model(name, arch)
+    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    opt = torch.optim.Adam(model.parameters(), lr=3e-3)
+    for _ in range(150):
+        loss = torch.nn.functional.cross_entropy(model(x), y)
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    assert loss.item() < 0.05
+    assert (model(x).argmax(1) == y).all()
+
+
+def test_unknown_model():
+    with pytest.raises(UserError, match="unknown model 'vgg'"):
+        build_model("vgg")
+
+
+@pytest.mark.parametrize("size", [1, 2, 4, 5])
+@pytest.mark.parametrize("shape", [(3, 16, 7, 7), (2, 5, 4, 3)])
+def test_lrn_matches_torch(size, shape):
+    torch.manual_seed(size)
+    x = torch.randn(*shape, dtype=torch.float64) * 3
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ours = LocalResponseNorm(size, alpha=0.05, beta=0.75, k=2.0)
+    ref = torch.nn.LocalResponseNorm(size, alpha=0.05, beta=0.75, k=2.0)
+    y1, y2 = ours(x1), ref(x2)
+    torch.testing.assert_close(y1, y2)
+    g = torch.randn_like(y1)
+    y1.backward(g)
+    y2.backward(g)
+    torch.testing.assert_close(x1.grad, x2.grad)
+
+
+def test_lrn_default_hyperparameters_float32():
+    x = torch.relu(torch.randn(8, 64, 14, 14)) * 10
+    x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
+    y1, y2 = LocalResponseNorm(5)(x1), torch.nn.LocalResponseNorm(5)(x2)
+    torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-6)
+    y1.sum().backward()
+    y2.sum().backward()
+    torch.testing.assert_close(x1.grad, x2.grad, rtol=1e-4, atol=1e-6)
+
+
+def test_lrn_gradcheck():
+    x = torch.randn(2, 6, 3, 3, dtype=torch.float64, requires_grad=True)
+    assert torch.autograd.gradcheck(lambda t: LocalResponseNorm(3, 0.1, 0.75, 1.0)(t), (x,))
+
+
+def test_readme_tables_are_generated_from_the_code():
+    readme = (ROOT / "README.md").read_text()
+    for name in REGISTRY:
+        assert markdown_table(name) in readme, f"README's {name} table is out of date: " \
+            f"paste the output of `python -m fmnist.models {name}`"
+    assert re.search(r"\*\*44,426\*\*", readme)

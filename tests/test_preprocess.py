@@ -1,0 +1,76 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from conftest import run_stage
+
+from fmnist.data import augment_batch, epoch_order, load_split, load_stats, to_input
+from fmnist.preprocess import split_validation
+
+
+def test_stratified_seeded_split():
+    labels = np.repeat(np.arange(10), 100).astype(np.uint8)
+    images = np.arange(1000 * 784, dtype=np.int64).astype(np.uint8).reshape(1000, 28, 28)
+    (ti, tl), (vi, vl) = split_validation(images, labels, 100, seed=3)
+    assert len(vl) == 100 and len(tl) == 900
+    assert np.bincount(vl, minlength=10).tolist() == [10] * 10
+    (_, tl2), (_, vl2) = split_validation(images, labels, 100, seed=3)
+    assert np.array_equal(vl, vl2) and np.array_equal(tl, tl2)
+    (_, _), (vi3, _) = split_validation(images, labels, 100, seed=4)
+    assert not np.array_equal(vi, vi3)
+
+
+def test_zero_validation():
+    labels = np.arange(20).astype(np.uint8) % 10
+    images = np.zeros((20, 28, 28), np.uint8)
+    (ti, tl), (vi, vl) = split_validation(images, labels, 0, seed=0)
+    assert len(tl) == 20 and len(vl) == 0 and vi.shape == (0, 28, 28)
+
+
+def test_stage_writes_the_store(workdir):
+    assert run_stage(workdir, "stages/download.py").returncode == 0
+    proc = run_stage(workdir, "stages/preprocess.py")
+    assert proc.returncode == 0, proc.stderr
+    prepared = workdir / "data" / "prepared"
+    train, val, test = (load_split(prepared, s) for s in ("train", "val", "test"))
+    assert (len(train), len(val), len(test)) == (500, 100, 200)
+    assert train.images.dtype == torch.uint8 and train.labels.dtype == torch.int64
+    assert train.images.shape[1:] == (28, 28)
+    stats = json.loads((prepared / "stats.json").read_text())
+    assert stats["counts"] == {"train": 500, "val": 100, "test": 200}
+    expected = train.images.double().div(255)
+    assert stats["mean"] == pytest.approx(expected.mean().item())
+    assert stats["std"] == pytest.approx(expected.std(unbiased=False).item())
+    assert load_stats(prepared).mean == stats["mean"]
+
+
+def test_epoch_order_shards_are_disjoint_and_cover():
+    full = epoch_order(103, seed=1, epoch=2)
+    assert sorted(full.tolist()) == list(range(103))
+    shards = [epoch_order(103, 1, 2, rank=r, world=3) for r in range(3)]
+    assert sorted(torch.cat(shards).tolist()) == list(range(103))
+    assert not torch.equal(epoch_order(103, 1, 3), full)
+
+
+def test_augment_batch_crops_and_flips():
+    x = torch.arange(2 * 28 * 28, dtype=torch.int64).remainder(251).to(torch.uint8)
+    x = x.reshape(2, 28, 28)
+    g = torch.Generator().manual_seed(0)
+    out = augment_batch(x, crop_padding=0, hflip=True, generator=g)
+    for a, b in zip(out, x):
+        assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
+    out = augment_batch(x, crop_padding=2, hflip=False, generator=torch.Generator().manual_seed(1))
+    assert out.shape == x.shape
+    padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
+    for a, p in zip(out, padded):
+        assert any(torch.equal(a, p[i:i + 28, j:j + 28]) for i in range(5) for j in range(5))
+
+
+def test_to_input_normalizes():
+    from fmnist.data import Stats
+    x = torch.tensor([[[0, 255]]], dtype=torch.uint8).expand(1, 28, 2)
+    out = to_input(x, Stats(0.5, 0.25))
+    assert out.shape == (1, 1, 28, 2)
+    assert out[0, 0, 0].tolist() == pytest.approx([-2.0, 2.0])
+    assert to_input(x, None)[0, 0, 0].tolist() == pytest.approx([0.0, 1.0])

@@ -1,0 +1,140 @@
+import hashlib
+import shutil
+import signal
+import subprocess
+import time
+
+import pytest
+import torch
+from conftest import PY, run_stage, set_params
+
+from fmnist.common import UserError
+from fmnist.params import TrainParams, load_section
+from fmnist.train import load_checkpoint, train
+
+
+@pytest.fixture
+def prepared(workdir):
+    for stage in ("download", "preprocess"):
+        proc = run_stage(workdir, f"stages/{stage}.py")
+        assert proc.returncode == 0, proc.stderr
+    return workdir
+
+
+def weights_hash(path) -> str:
+    state = torch.load(path, weights_only=True)
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_train(wd, name, tag, **updates):
+    params = load_section(f"train_{name}", TrainParams, wd / "params.yaml")
+    params = params.model_copy(update=updates)
+    return train(name, params, wd / "data/prepared", wd / tag / "model", wd / tag / "state.pt",
+                 wd / tag / "curves.tsv")
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet"])
+def test_deterministic(prepared, name):
+    run_train(prepared, name, "a", epochs=2)
+    run_train(prepared, name, "b", epochs=2)
+    ha = weights_hash(prepared / "a/model/model.pt")
+    assert ha == weights_hash(prepared / "b/model/model.pt")
+    run_train(prepared, name, "c", epochs=2, seed=2)
+    assert weights_hash(prepared / "c/model/model.pt") != ha
+
+
+def test_checkpoint_and_meta(prepared):
+    meta = run_train(prepared, "alexnet", "a")
+    model, meta2 = load_checkpoint(prepared / "a/model", "train-alexnet")
+    assert meta2["trainable_params"] == meta["trainable_params"] == sum(
+        p.numel() for p in model.parameters())
+    assert meta2["arch"]["channels"] == [4, 8, 8, 8, 8] and meta2["model"] == "alexnet"
+    assert meta2["params"]["lr"] == meta["params"]["lr"]
+    curves = (prepared / "a/curves.tsv").read_text().splitlines()
+    assert curves[0].split("\t")[:5] == ["epoch", "train_loss", "train_accuracy", "val_loss",
+                                         "val_accuracy"]
+    assert len(curves) == 2
+
+
+def test_learns_the_synthetic_task(prepared):
+    meta = run_train(prepared, "lenet", "a", epochs=4, lr=0.01)
+    assert meta["final"]["val_accuracy"] > 0.8
+
+
+def test_checkpoint_that_does_not_fit(prepared):
+    run_train(prepared, "alexnet", "a")
+    meta_path = prepared / "a/model/meta.json"
+    meta_path.write_text(meta_path.read_text().replace('"fc": 32', '"fc": 64'))
+    with pytest.raises(UserError, match="does not fit model 'alexnet'"):
+        load_checkpoint(prepared / "a/model", "train-alexnet")
+    with pytest.raises(UserError, match=r"run `dvc repro train-lenet`"):
+        load_checkpoint(prepared / "missing", "train-lenet")
+
+
+def test_fp16_on_cpu_is_refused(prepared):
+    with pytest.raises(UserError, match="amp: 'fp16' needs a CUDA device"):
+        run_train(prepared, "lenet", "a", amp="fp16", device="cpu")
+
+
+# ---------------------------------------------------------------- kill and resume
+
+SLOW = {"epochs": 3, "batch_size": 16,
+        "arch": {"channels": [16, 32, 32, 32, 32], "fc": 256}}
+
+
+def kill_after_first_epoch(wd) -> None:
+    state = wd / "state/alexnet/last.pt"
+    proc = subprocess.Popen([PY, "stages/train.py", "alexnet"], cwd=wd,
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    deadline = time.monotonic() + 120
+    while not state.exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline
+        time.sleep(0.005)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    saved = torch.load(state, weights_only=True)
+    assert saved["epoch"] < SLOW["epochs"], "the run finished before it could be killed"
+    out = wd / "models/alexnet"
+    assert not out.exists() or not any(out.iterdir()), "a killed run left outputs"
+
+
+def test_resume_after_kill_gives_the_uninterrupted_weights(prepared):
+    set_params(prepared, {"train_alexnet": SLOW})
+    ref = run_stage(prepared, "stages/train.py", "alexnet")
+    assert ref.returncode == 0, ref.stderr
+    ref_hash = weights_hash(prepared / "models/alexnet/model.pt")
+    ref_curves = (prepared / "metrics/curves/alexnet.tsv").read_text()
+    shutil.rmtree(prepared / "models")
+    (prepared / "state/alexnet/last.pt").unlink()
+
+    kill_after_first_epoch(prepared)
+    proc = run_stage(prepared, "stages/train.py", "alexnet")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming after epoch 1 of 3" in proc.stdout
+    assert weights_hash(prepared / "models/alexnet/model.pt") == ref_hash
+    strip = [line.rsplit("\t", 1)[0] for line in ref_curves.splitlines()]  # minus seconds
+    got = (prepared / "metrics/curves/alexnet.tsv").read_text().splitlines()
+    assert [line.rsplit("\t", 1)[0] for line in got] == strip
+
+
+def test_changed_param_starts_fresh(prepared):
+    set_params(prepared, {"train_alexnet": SLOW})
+    kill_after_first_epoch(prepared)
+    set_params(prepared, {"train_alexnet": {"lr": 0.002}})
+    proc = run_stage(prepared, "stages/train.py", "alexnet")
+    assert proc.returncode == 0, proc.stderr
+    assert "made from other params; training from scratch" in proc.stdout
+    assert "resuming" not in proc.stdout
+
+
+def test_resume_false_ignores_state(prepared):
+    set_params(prepared, {"train_alexnet": SLOW})
+    kill_after_first_epoch(prepared)
+    set_params(prepared, {"train_alexnet": {"resume": False}})
+    proc = run_stage(prepared, "stages/train.py", "alexnet")
+    assert proc.returncode == 0 and "resuming" not in proc.stdout
