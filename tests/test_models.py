@@ -1,4 +1,5 @@
 import re
+from itertools import pairwise
 
 import pytest
 import torch
@@ -13,7 +14,7 @@ def test_lenet_has_the_write_ups_44426_parameters():
 
 
 def alexnet_count_by_hand(channels, fc):
-    convs = [(1, channels[0], 5)] + [(a, b, 3) for a, b in zip(channels, channels[1:])]
+    convs = [(1, channels[0], 5)] + [(a, b, 3) for a, b in pairwise(channels)]
     n = sum(cin * cout * k * k + cout for cin, cout, k in convs)
     flat = channels[-1] * 3 * 3
     return n + flat * fc + fc + fc * fc + fc + fc * 10 + 10

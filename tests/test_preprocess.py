@@ -58,12 +58,12 @@ def test_augment_batch_crops_and_flips():
     x = x.reshape(2, 28, 28)
     g = torch.Generator().manual_seed(0)
     out = augment_batch(x, crop_padding=0, hflip=True, generator=g)
-    for a, b in zip(out, x):
+    for a, b in zip(out, x, strict=True):
         assert torch.equal(a, b) or torch.equal(a, b.flip(-1))
     out = augment_batch(x, crop_padding=2, hflip=False, generator=torch.Generator().manual_seed(1))
     assert out.shape == x.shape
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
-    for a, p in zip(out, padded):
+    for a, p in zip(out, padded, strict=True):
         assert any(torch.equal(a, p[i:i + 28, j:j + 28]) for i in range(5) for j in range(5))
 
 
