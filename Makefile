@@ -22,7 +22,8 @@ test: install data sshd
 	pytest -q
 
 bench: install data
-	python -m fmnist.bench
+	dvc repro preprocess
+	python -m fmnist.bench --json .bench/results.json
 
 lint: install
 	ruff check src stages tests

@@ -5,7 +5,14 @@ import pytest
 import torch
 
 from fmnist.common import UserError
-from fmnist.models import REGISTRY, LocalResponseNorm, build_model, count_parameters, markdown_table
+from fmnist.models import (
+    REGISTRY,
+    Dropout,
+    LocalResponseNorm,
+    build_model,
+    count_parameters,
+    markdown_table,
+)
 from fmnist.smoke import ROOT
 
 
@@ -32,7 +39,7 @@ def test_alexnet_variant_from_params():
     assert count_parameters(model) == alexnet_count_by_hand([16, 64, 128, 128], 256)
     kinds = [type(m).__name__ for m in model.modules()]
     assert "LocalResponseNorm" not in kinds and kinds.count("Conv2d") == 4
-    assert [m.p for m in model.modules() if isinstance(m, torch.nn.Dropout)] == [0.2, 0.2]
+    assert [m.p for m in model.modules() if isinstance(m, Dropout)] == [0.2, 0.2]
     with_lrn = build_model("alexnet", {**arch, "lrn": True})
     assert sum(isinstance(m, LocalResponseNorm) for m in with_lrn.modules()) == 2
 
@@ -102,3 +109,20 @@ def test_readme_tables_are_generated_from_the_code():
         assert markdown_table(name) in readme, f"README's {name} table is out of date: " \
             f"paste the output of `python -m fmnist.models {name}`"
     assert re.search(r"\*\*44,426\*\*", readme)
+
+
+def test_dropout_matches_torch_in_distribution():
+    torch.manual_seed(0)
+    x = torch.ones(200_000)
+    for p in (0.0, 0.25, 0.5):
+        d = Dropout(p).train()
+        y = d(x)
+        kept = (y != 0).float().mean().item()
+        assert abs(kept - (1 - p)) < 0.005
+        assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
+        assert abs(y.mean().item() - 1.0) < 0.01  # same expectation as the input
+        assert torch.equal(d.eval()(x), x)
+    x = torch.randn(64, 8, requires_grad=True)
+    y = Dropout(0.5).train()(x)
+    y.sum().backward()
+    torch.testing.assert_close(x.grad, (y != 0).float() * 2.0)

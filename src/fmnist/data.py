@@ -190,20 +190,25 @@ def write_prepared(out: Path, train: tuple[np.ndarray, np.ndarray],
 
 def augment_batch(x: torch.Tensor, crop_padding: int, hflip: bool,
                   generator: torch.Generator) -> torch.Tensor:
-    """Random crop with zero padding and horizontal flip, for a whole uint8 batch at once."""
+    """Random crop with zero padding and horizontal flip of a whole uint8 batch.
+
+    Both come down to one gather: each output pixel's index into the padded image is
+    computed for the batch at once, so there is no per-image Python work.
+    """
     n, h, w = x.shape
+    p = crop_padding
+    cols = torch.arange(w).expand(n, w)
     if hflip:
         flip = torch.rand(n, generator=generator) < 0.5
-        x = torch.where(flip[:, None, None], x.flip(-1), x)
-    if crop_padding:
-        p = crop_padding
-        padded = F.pad(x, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-        ox = torch.randint(0, 2 * p + 1, (n,), generator=generator)
-        rows = (oy[:, None] + torch.arange(h))[:, :, None]
-        cols = (ox[:, None] + torch.arange(w))[:, None, :]
-        x = padded[torch.arange(n)[:, None, None], rows, cols]
-    return x
+        cols = torch.where(flip[:, None], (w - 1) - cols, cols)
+    if p:
+        x = F.pad(x, (p, p, p, p))
+        oy = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator)
+        ox = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator)
+    else:
+        oy = ox = torch.zeros((n, 1, 1), dtype=torch.int64)
+    idx = (oy + torch.arange(h)[None, :, None]) * (w + 2 * p) + ox + cols[:, None, :]
+    return x.reshape(n, -1).gather(1, idx.reshape(n, -1)).reshape(n, h, w)
 
 
 def to_input(x: torch.Tensor, stats: Stats | None) -> torch.Tensor:

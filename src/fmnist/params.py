@@ -99,7 +99,7 @@ class TrainParams(Strict):
     augment: Augment
     seed: int
     device: Literal["auto", "cpu", "cuda", "mps"]
-    amp: Literal["off", "bf16", "fp16"]
+    amp: Literal["none", "bf16", "fp16"]  # not "off": YAML 1.1 reads that as false
     threads: int = Field(ge=0, description="CPU threads; 0 = torch's default")
     resume: bool
     eval_batch_size: int = Field(ge=1)

@@ -77,6 +77,7 @@ def render(results: list[dict[str, Any]]) -> str:
         ("Test top-2 accuracy", lambda m: f"{m['test']['top2_accuracy']:.4f}"),
         ("Epochs", lambda m: str(m["epochs"])),
         ("Training time (s)", lambda m: f"{m['train_seconds']:.0f}"),
+        ("Training images/s", lambda m: f"{m['train_images_per_second']:,}"),
     )]
     out += _table(["", *titles], rows)
     out += ["", "## Per-class F1 (test)", ""]

@@ -160,7 +160,7 @@ def make_scheduler(opt: torch.optim.Optimizer, p: TrainParams,
 
 
 def autocast(device: torch.device, amp: str):
-    if amp == "off":
+    if amp == "none":
         return contextlib.nullcontext()
     dtype = torch.bfloat16 if amp == "bf16" else torch.float16
     return torch.autocast(device_type=device.type, dtype=dtype)
@@ -168,7 +168,7 @@ def autocast(device: torch.device, amp: str):
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
-                   device: torch.device, amp: str = "off") -> torch.Tensor:
+                   device: torch.device, amp: str = "none") -> torch.Tensor:
     """Logits (float32, on the CPU) for every image of ``split``, in order."""
     model.eval()
     out = []
@@ -205,6 +205,43 @@ def _unwrap(model: nn.Module) -> nn.Module:
 # ---------------------------------------------------------------- the loop
 
 
+@dataclass
+class Trainer:
+    """The model and everything one optimization step needs."""
+
+    model: nn.Module
+    opt: torch.optim.Optimizer
+    sched: torch.optim.lr_scheduler.LRScheduler
+    scaler: torch.amp.GradScaler
+    criterion: nn.Module
+    device: torch.device
+    amp: str
+
+    def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """One optimization step on a batch; returns the (detached) loss and logits."""
+        x, y = x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+        with autocast(self.device, self.amp):
+            logits = self.model(x)
+            loss = self.criterion(logits.float(), y)
+        self.opt.zero_grad(set_to_none=True)
+        self.scaler.scale(loss).backward()
+        self.scaler.step(self.opt)
+        self.scaler.update()
+        self.sched.step()
+        return loss.detach(), logits.detach()
+
+
+def make_trainer(name: str, arch: Any, params: TrainParams, device: torch.device,
+                 total_steps: int) -> Trainer:
+    torch.manual_seed(params.seed)
+    model = spec(name).build(arch).to(device, memory_format=torch.channels_last)
+    opt = make_optimizer(model, params, device)
+    return Trainer(model, opt, make_scheduler(opt, params, total_steps),
+                   torch.amp.GradScaler(device.type, enabled=params.amp == "fp16"),
+                   nn.CrossEntropyLoss(label_smoothing=params.label_smoothing),
+                   device, params.amp)
+
+
 def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | Path,
           state_path: str | Path, curves_path: str | Path, section: str | None = None,
           rt: Runtime | None = None) -> dict[str, Any]:
@@ -216,7 +253,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
     rt = rt or setup_runtime(params.device, params.threads, params.distributed.backend)
     if params.amp == "fp16" and rt.device.type != "cuda":
         raise UserError(f"params.yaml: {section}.amp: 'fp16' needs a CUDA device; "
-                        "use 'bf16' or 'off' on the CPU")
+                        "use 'bf16' or 'none' on the CPU")
     if params.batch_size % rt.world:
         raise UserError(f"params.yaml: {section}.batch_size: {params.batch_size} does not "
                         f"divide among {rt.world} processes")
@@ -224,19 +261,15 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
     train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
     stats = load_stats(prepared) if params.normalize else None
 
-    torch.manual_seed(params.seed)
-    model = spec(name).build(arch).to(rt.device, memory_format=torch.channels_last)
-    n_params = count_parameters(model)
     local_batch = params.batch_size // rt.world
     shard = len(train_split) // rt.world
     steps_per_epoch = math.ceil(shard / local_batch)
-    opt = make_optimizer(model, params, rt.device)
-    sched = make_scheduler(opt, params, params.epochs * steps_per_epoch)
-    scaler = torch.amp.GradScaler(rt.device.type, enabled=params.amp == "fp16")
-    criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    t = make_trainer(name, arch, params, rt.device, params.epochs * steps_per_epoch)
+    model, opt, sched, scaler = t.model, t.opt, t.sched, t.scaler
+    n_params = count_parameters(model)
 
     fp = fingerprint(name, params, prepared, rt.world)
-    start_epoch, history, elapsed = 0, [], 0.0
+    start_epoch, history, elapsed, step_seconds = 0, [], 0.0, 0.0
     if params.resume and state_path.exists():
         state = torch.load(state_path, weights_only=True, map_location=rt.device)
         stale = [k for k in fp if state.get("fingerprint", {}).get(k) != fp[k]]
@@ -249,12 +282,13 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
-            start_epoch, history, elapsed = state["epoch"], state["history"], state["elapsed"]
+            start_epoch, history = state["epoch"], state["history"]
+            elapsed, step_seconds = state["elapsed"], state["step_seconds"]
             if rt.main:
                 print(f"{name}: resuming after epoch {start_epoch} of {params.epochs}")
 
     if rt.world > 1:
-        model = nn.parallel.DistributedDataParallel(
+        model = t.model = nn.parallel.DistributedDataParallel(
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     aug = params.augment
@@ -274,21 +308,14 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
                    total=steps_per_epoch, desc=f"{name} {epoch + 1}/{params.epochs}",
                    leave=False, disable=None if rt.main else True, mininterval=1.0)
         for step, (x, y) in enumerate(bar):
-            x, y = x.to(rt.device, non_blocking=True), y.to(rt.device, non_blocking=True)
-            with autocast(rt.device, params.amp):
-                logits = model(x)
-                loss = criterion(logits.float(), y)
-            opt.zero_grad(set_to_none=True)
-            scaler.scale(loss).backward()
-            scaler.step(opt)
-            scaler.update()
-            sched.step()
-            loss_sum += loss.detach().double().cpu() * len(y)
-            correct += (logits.detach().argmax(1) == y).sum().cpu()
+            loss, logits = t.step(x, y)
+            loss_sum += loss.double().cpu() * len(y)
+            correct += (logits.argmax(1).cpu() == y).sum()
             seen += len(y)
             if step % 20 == 0:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
         bar.close()
+        step_seconds += time.perf_counter() - t0
         totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen),
                                                                        dtype=torch.float64)])
         if rt.world > 1:
@@ -315,7 +342,8 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
             save_torch({"fingerprint": fp, "epoch": epoch + 1,
                         "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                        "history": history, "elapsed": elapsed}, state_path)
+                        "history": history, "elapsed": elapsed,
+                        "step_seconds": step_seconds}, state_path)
         if rt.world > 1:
             dist.barrier()
 
@@ -327,10 +355,12 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
         "trainable_params": n_params,
         "normalize": {"mean": stats.mean, "std": stats.std} if stats else None,
         "train_seconds": round(elapsed, 2),
+        # training steps only (no validation): the rate `make bench` measures
+        "images_per_second": round(shard * rt.world * params.epochs / max(step_seconds, 1e-9)),
         "epochs": params.epochs,
         "world_size": rt.world,
         "device": str(rt.device),
-        "torch": torch.__version__,
+        "torch": str(torch.__version__),
         "final": history[-1] if history else {},
     }
     if rt.main:

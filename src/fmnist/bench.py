@@ -1,0 +1,227 @@
+"""`make bench`: the project's training speed against a tutorial-style loop, in one run.
+
+Prints, for each model, training images/second through the project's own loop and
+through a naive baseline (torchvision's FashionMNIST dataset with ToTensor/Normalize and
+``DataLoader(batch_size=128, shuffle=True)``, the same architecture built with stock
+torch layers, the same optimizer), their ratio, the machine's fp32 matmul rate, each
+model's counted training FLOPs per image and the fraction of that peak it reaches; and
+the time of a no-op ``dvc repro``. Ratios are measured in this one run: absolute
+numbers move with the machine's load.
+"""
+
+from __future__ import annotations
+
+import argparse
+import gzip
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import tempfile
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import torch
+from torch import nn
+from torch.utils.flop_counter import FlopCounterMode
+
+from fmnist.data import Split, epoch_order, load_split, load_stats, train_batches
+from fmnist.models import LocalResponseNorm, spec
+from fmnist.params import TrainParams, load_section, validate
+from fmnist.smoke import ROOT, make_repo, repo_env, tiny_overrides, update_params
+from fmnist.synthetic import write_dataset
+from fmnist.train import make_trainer, setup_runtime
+
+TARGETS = {"lenet": {"baseline": 4.0}, "alexnet": {"baseline": 1.4, "peak": 0.7}}
+NOOP_TARGET_S = 3.0
+DEFAULT_THREADS = torch.get_num_threads()  # what a script that sets nothing gets
+
+
+def timed_windows(steps: Iterator[int], windows: int, per_window: int,
+                  warmup: int) -> list[float]:
+    """Images/second in each of ``windows`` windows of ``per_window`` steps after warm-up.
+
+    ``steps`` yields the number of images each training step consumed.
+    """
+    for _ in range(warmup):
+        next(steps)
+    rates = []
+    for _ in range(windows):
+        t0, n = time.perf_counter(), 0
+        for _ in range(per_window):
+            n += next(steps)
+        rates.append(n / (time.perf_counter() - t0))
+    return rates
+
+
+def matmul_gflops(n: int = 1024, reps: int = 20, windows: int = 5) -> float:
+    a, b = torch.randn(n, n), torch.randn(n, n)
+    for _ in range(3):
+        a @ b
+    rates = []
+    for _ in range(windows):
+        t0 = time.perf_counter()
+        for _ in range(reps):
+            a @ b
+        rates.append(2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+    return statistics.median(rates)
+
+
+def training_flops_per_image(model: nn.Module, batch: int = 32) -> float:
+    """Forward + backward FLOPs of one training step, counted by torch, per image."""
+    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    with FlopCounterMode(display=False) as counter:
+        nn.functional.cross_entropy(model(x), y).backward()
+    model.zero_grad(set_to_none=True)
+    return counter.get_total_flops() / batch
+
+
+def stock_layers(model: nn.Module) -> nn.Module:
+    """The same architecture as a tutorial writes it: torch's own LocalResponseNorm."""
+    for name, child in model.named_children():
+        if isinstance(child, LocalResponseNorm):
+            setattr(model, name, nn.LocalResponseNorm(child.size, child.alpha, child.beta,
+                                                      child.k))
+        else:
+            stock_layers(child)
+    return model
+
+
+def project_steps(name: str, params: TrainParams, split: Split, prepared: Path) -> Iterator[int]:
+    device = setup_runtime("cpu", params.threads).device
+    arch = validate(spec(name).arch, params.arch, f"train_{name}.arch")
+    trainer = make_trainer(name, arch, params, device, total_steps=10**6)
+    trainer.model.train()
+    stats = load_stats(prepared) if params.normalize else None
+    gen = torch.Generator().manual_seed(0)
+    epoch = 0
+    while True:
+        order = epoch_order(len(split), params.seed, epoch)
+        for x, y in train_batches(split, params.batch_size, order, stats,
+                                  params.augment.crop_padding, params.augment.hflip, gen):
+            trainer.step(x, y)
+            yield len(y)
+        epoch += 1
+
+
+def baseline_steps(name: str, params: TrainParams, raw: Path, scratch: Path,
+                   mean: float, std: float) -> Iterator[int]:
+    """The loop of a typical tutorial, on the same raw files."""
+    from torch.utils.data import DataLoader
+    from torchvision import datasets, transforms
+
+    folder = scratch / "FashionMNIST" / "raw"
+    folder.mkdir(parents=True, exist_ok=True)
+    for gz in raw.glob("*.gz"):
+        target = folder / gz.name.removesuffix(".gz")
+        if not target.exists():
+            target.write_bytes(gzip.decompress(gz.read_bytes()))
+    dataset = datasets.FashionMNIST(str(scratch), train=True, download=False,
+                                    transform=transforms.Compose([
+                                        transforms.ToTensor(),
+                                        transforms.Normalize((mean,), (std,))]))
+    loader = DataLoader(dataset, batch_size=128, shuffle=True)
+    torch.manual_seed(params.seed)
+    model = stock_layers(spec(name).build(validate(spec(name).arch, params.arch, name)))
+    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(params.optimizer,
+                                                                         torch.optim.SGD)
+    opt = opt_cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
+    model.train()
+    while True:
+        for x, y in loader:
+            opt.zero_grad()
+            loss = criterion(model(x), y)
+            loss.backward()
+            opt.step()
+            yield len(y)
+
+
+def noop_repro_seconds(env: dict[str, str]) -> tuple[float, str]:
+    """Time `dvc repro` with nothing to do: in the project if it is up to date, else in a
+    temporary synthetic copy of it (never starting a real training run)."""
+    dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
+    status = subprocess.run([dvc, "status", "--json"], cwd=ROOT, env=env, text=True,
+                            capture_output=True)
+    if status.returncode == 0 and json.loads(status.stdout or "{}") == {}:
+        where, cwd, tmp = "the project", ROOT, None
+    else:
+        tmp = tempfile.TemporaryDirectory(prefix="fmnist-bench-")
+        where = "a synthetic copy (the project's pipeline is not up to date)"
+        sha = write_dataset(Path(tmp.name) / "data")
+        cwd = make_repo(Path(tmp.name) / "repo", env)
+        update_params(cwd / "params.yaml", tiny_overrides([str(Path(tmp.name) / "data")], sha))
+        subprocess.run([dvc, "repro", "-q"], cwd=cwd, env=env, check=True,
+                       capture_output=True)
+    times = []
+    for _ in range(3):
+        t0 = time.perf_counter()
+        proc = subprocess.run([dvc, "repro"], cwd=cwd, env=env, text=True, capture_output=True)
+        times.append(time.perf_counter() - t0)
+        if proc.returncode != 0 or "Running stage" in proc.stdout:
+            raise RuntimeError(f"`dvc repro` was not a no-op in {cwd}:\n{proc.stdout}")
+    if tmp:
+        tmp.cleanup()
+    return statistics.median(times), where
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--prepared", default=str(ROOT / "data/prepared"))
+    parser.add_argument("--raw", default=str(ROOT / "data/raw"))
+    parser.add_argument("--models", nargs="+", default=["lenet", "alexnet"])
+    parser.add_argument("--json", help="also write the results here")
+    args = parser.parse_args()
+    prepared, raw = Path(args.prepared), Path(args.raw)
+    if not (prepared / "train.pt").exists():
+        raise SystemExit(f"{prepared} is missing: run `dvc repro preprocess` first")
+
+    split = load_split(prepared, "train")
+    stats = load_stats(prepared)
+    results: dict[str, dict] = {}
+    peak = matmul_gflops()
+    print(f"fp32 matmul (1024x1024, torch, {torch.get_num_threads()} threads): "
+          f"{peak:.1f} GFLOP/s")
+    windows = {"lenet": (7, 40, 10), "alexnet": (5, 4, 2)}
+    with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as scratch:
+        for name in args.models:
+            params = load_section(f"train_{name}", TrainParams, ROOT / "params.yaml")
+            n, per, warm = windows.get(name, (5, 10, 3))
+            ours = statistics.median(timed_windows(project_steps(name, params, split, prepared),
+                                                   n, per, warm))
+            torch.set_num_threads(DEFAULT_THREADS)  # a tutorial sets no thread count
+            base_per = max(1, per * params.batch_size // 128)
+            base = statistics.median(timed_windows(
+                baseline_steps(name, params, raw, Path(scratch), stats.mean, stats.std),
+                n, base_per, warm))
+            arch = validate(spec(name).arch, params.arch, name)
+            flops = training_flops_per_image(spec(name).build(arch))
+            frac = ours * flops / (peak * 1e9)
+            results[name] = {"project_img_s": ours, "baseline_img_s": base,
+                             "ratio": ours / base, "train_mflop_per_image": flops / 1e6,
+                             "achieved_gflops": ours * flops / 1e9, "fraction_of_peak": frac}
+            t = TARGETS.get(name, {})
+            verdict = [f"ratio {ours / base:.2f}x (target {t['baseline']}x: "
+                       f"{'met' if ours / base >= t['baseline'] else 'NOT met'})"]
+            if "peak" in t:
+                verdict.append(f"peak fraction {frac:.2f} (target {t['peak']}: "
+                               f"{'met' if frac >= t['peak'] else 'NOT met'})")
+            print(f"{name}: project {ours:,.0f} img/s (batch {params.batch_size}), "
+                  f"baseline {base:,.0f} img/s (batch 128); {flops / 1e6:.1f} MFLOP/image "
+                  f"-> {ours * flops / 1e9:.1f} GFLOP/s = {frac:.2f} of matmul peak; "
+                  + "; ".join(verdict))
+    env = repo_env(os.environ.get("HOME", "/tmp"))
+    noop, where = noop_repro_seconds(env)
+    print(f"no-op dvc repro: {noop:.2f} s in {where} (target < {NOOP_TARGET_S:g} s: "
+          f"{'met' if noop < NOOP_TARGET_S else 'NOT met'})")
+    results["noop_repro_s"] = noop
+    results["matmul_gflops"] = peak
+    if args.json:
+        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,111 @@
+import json
+
+import numpy as np
+import pytest
+from conftest import run_stage
+from sklearn.metrics import f1_score
+
+from fmnist import CLASSES
+from fmnist.evaluate import scores
+from fmnist.report import render
+
+
+def test_scores_against_hand_computed_values():
+    labels = np.array([0, 1, 2, 2])
+    probs = np.full((4, 10), 0.0)
+    probs[0, 0] = probs[1, 2] = probs[2, 2] = probs[3, 3] = 0.7
+    probs[0, 1] = probs[1, 1] = probs[2, 0] = probs[3, 2] = 0.3
+    s = scores(labels, probs)
+    assert s["accuracy"] == 0.5
+    assert s["top2_accuracy"] == 1.0
+    assert s["loss"] == pytest.approx(-(np.log(0.7) * 2 + np.log(0.3) * 2) / 4)
+    assert s["per_class"]["Pullover"] == pytest.approx(
+        {"precision": 0.5, "recall": 0.5, "f1": 0.5})
+    assert s["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro",
+                                                   labels=range(10), zero_division=0))
+    assert list(s["per_class"]) == list(CLASSES)
+
+
+@pytest.fixture(scope="module")
+def evaluated(tmp_path_factory, synthetic):
+    import shutil
+
+    from conftest import set_params
+
+    from fmnist.smoke import ROOT, tiny_overrides
+    wd = tmp_path_factory.mktemp("eval")
+    shutil.copy(ROOT / "params.yaml", wd)
+    shutil.copytree(ROOT / "stages", wd / "stages")
+    set_params(wd, tiny_overrides([str(synthetic[0])], synthetic[1]))
+    for stage in ("download", "preprocess", "train lenet", "train alexnet", "evaluate"):
+        script, *args = stage.split()
+        proc = run_stage(wd, f"stages/{script}.py", *args)
+        assert proc.returncode == 0, proc.stderr
+    return wd
+
+
+def test_metrics_files(evaluated):
+    for name in ("lenet", "alexnet"):
+        m = json.loads((evaluated / f"metrics/{name}.json").read_text())
+        assert set(m) >= {"trainable_params", "train_seconds", "train", "test"}
+        assert set(m["train"]) == {"loss", "accuracy"}
+        for key in ("accuracy", "macro_f1", "weighted_f1", "top2_accuracy"):
+            assert 0.0 <= m["test"][key] <= 1.0
+        assert m["test"]["top2_accuracy"] >= m["test"]["accuracy"]
+        assert set(m["test"]["per_class"]) == set(CLASSES)
+        rows = (evaluated / f"metrics/confusion/{name}.csv").read_text().splitlines()
+        assert rows[0] == "actual,predicted" and len(rows) == 201
+        assert all(r.split(",")[0] in CLASSES for r in rows[1:])
+
+
+def test_figures(evaluated):
+    figs = {p.name for p in (evaluated / "metrics/figures").iterdir()}
+    for name in ("lenet", "alexnet"):
+        assert {f"{name}_confusion.png", f"{name}_curves.png",
+                f"{name}_misclassified.png"} <= figs
+    for f in (evaluated / "metrics/figures").iterdir():
+        assert f.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_report_has_the_write_ups_tables(evaluated):
+    report = (evaluated / "metrics/report.md").read_text()
+    m = json.loads((evaluated / "metrics/lenet.json").read_text())
+    results = report.split("## LeNet-5")[1].split("### Results")[1].split("![")[0]
+    rows = [line.split("|")[1].strip() for line in results.strip().splitlines()[2:]]
+    assert rows == ["Trainable Parameters", "Training Loss", "Training Accuracy",
+                    "Test Loss", "Test Accuracy"]
+    assert f"| Test Accuracy | {m['test']['accuracy']:.4f} |" in results
+    assert "### Hyperparameters" in report and "| Optimizer | adamw |" in report
+    assert "## Side by side" in report and "| LeNet-5 | Scaled-down AlexNet |" in report
+    assert "## Per-class F1 (test)" in report and "| Ankle boot |" in report
+    assert "figures/alexnet_misclassified.png" in report
+
+
+def test_missing_checkpoint_names_the_stage(evaluated):
+    import shutil
+    shutil.move(evaluated / "models/alexnet", evaluated / "alexnet.bak")
+    try:
+        proc = run_stage(evaluated, "stages/evaluate.py")
+    finally:
+        shutil.move(evaluated / "alexnet.bak", evaluated / "models/alexnet")
+    assert proc.returncode == 2
+    assert "run `dvc repro train-alexnet` first" in proc.stderr
+    assert "Traceback" not in proc.stderr
+
+
+def test_render_is_pure():
+    meta = {"title": "M", "params": {"optimizer": "adam", "lr": 1e-3, "schedule": "constant",
+                                     "weight_decay": 0.01, "batch_size": 128, "epochs": 10,
+                                     "label_smoothing": 0.0, "normalize": False,
+                                     "augment": {"crop_padding": 0, "hflip": False},
+                                     "seed": 1, "momentum": 0.9}}
+    per_class = {c: {"precision": 1.0, "recall": 1.0, "f1": 1.0} for c in CLASSES}
+    metrics = {"trainable_params": 10, "train_seconds": 1.0, "epochs": 10,
+               "train_images_per_second": 100,
+               "train": {"loss": 0.5, "accuracy": 0.8},
+               "test": {"loss": 0.6, "accuracy": 0.75, "macro_f1": 0.7, "top2_accuracy": 0.9,
+                        "per_class": per_class}}
+    text = render([{"name": "m", "meta": meta, "metrics": metrics}])
+    assert "| Weight decay | 0.01 (L2 in the gradient) |" in text
+    assert "| Augmentation | none |" in text and "| Input normalization | none (x / 255) |" in text
+    assert "| Learning rate | 0.001 |" in text

@@ -1,0 +1,30 @@
+"""The real Fashion-MNIST from the default local source (`make test` installs it)."""
+
+import os
+from pathlib import Path
+
+import pytest
+
+from fmnist.data import load_raw_split
+from fmnist.download import download
+from fmnist.params import RAW_FILES, DownloadParams, load_section
+from fmnist.smoke import ROOT
+
+LOCAL = Path("/usr/share/datasets/fashion-mnist")
+
+# Skipped only off CI: on CI, `make test` installs the data, so a missing file is a failure.
+pytestmark = pytest.mark.skipif(not (LOCAL / RAW_FILES[0]).exists() and not os.environ.get("CI"),
+                                reason=f"real data not installed in {LOCAL}")
+
+
+def test_default_source_verifies_and_counts(tmp_path):
+    params = load_section("download", DownloadParams, ROOT / "params.yaml")
+    assert params.sources[0] == str(LOCAL)
+    local_only = params.model_copy(update={"sources": [str(LOCAL)]})
+    used = download(local_only, tmp_path)  # raises unless all four SHA-256s match
+    assert set(used) == set(RAW_FILES)
+    train_images, train_labels = load_raw_split(tmp_path, "train")
+    test_images, test_labels = load_raw_split(tmp_path, "t10k")
+    assert train_images.shape == (60000, 28, 28) and len(train_labels) == 60000
+    assert test_images.shape == (10000, 28, 28) and len(test_labels) == 10000
+    assert sorted(set(train_labels.tolist())) == list(range(10))
