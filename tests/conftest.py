@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import http.server
 import shutil
+import socket
 import subprocess
 import sys
 import threading
@@ -17,6 +18,12 @@ from fmnist.smoke import ROOT, make_repo, repo_env, tiny_overrides, update_param
 from fmnist.synthetic import write_dataset
 
 PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 @pytest.fixture(scope="session")

@@ -1,20 +1,16 @@
 """Data-parallel training under torchrun: 2 CPU processes with gloo on 127.0.0.1."""
 
 import hashlib
-import socket
+import json
 import subprocess
 
 import pytest
 import torch
-from conftest import PY, run_stage, set_params
+from conftest import PY, free_port, run_stage, set_params
+
+from fmnist.smoke import ROOT
 
 EPOCHS = 3
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
@@ -31,7 +27,6 @@ def torchrun(wd, out, nproc=2):
     cmd = [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}",
            "tests/ddp_worker.py", str(wd), str(out)]
-    from fmnist.smoke import ROOT
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
@@ -59,7 +54,6 @@ def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
     # Same global batch and lr in one process: accuracy matches within the tolerance.
     single = run_stage(prepared, "stages/train.py", "lenet")
     assert single.returncode == 0, single.stderr
-    import json
     single_acc = json.loads((prepared / "models/lenet/meta.json").read_text())
     single_acc = single_acc["final"]["val_accuracy"]
     ddp_acc = ranks[0]["meta"]["final"]["val_accuracy"]
@@ -75,7 +69,7 @@ def test_stage_launches_torchrun_itself_and_is_deterministic(prepared):
     for _ in range(2):
         proc = run_stage(prepared, "stages/train.py", "lenet")
         assert proc.returncode == 0, proc.stdout + proc.stderr
-        meta = json_load(prepared / "models/lenet/meta.json")
+        meta = json.loads((prepared / "models/lenet/meta.json").read_text())
         assert meta["world_size"] == 2
         hashes.append(digest(torch.load(prepared / "models/lenet/model.pt",
                                         weights_only=True)))
@@ -88,8 +82,3 @@ def test_batch_must_divide_among_ranks(prepared):
     proc = run_stage(prepared, "stages/train.py", "lenet")
     assert proc.returncode != 0
     assert "train_lenet.batch_size: 33 does not divide among 2 processes" in proc.stderr
-
-
-def json_load(path):
-    import json
-    return json.loads(path.read_text())

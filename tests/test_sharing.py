@@ -11,6 +11,7 @@ import time
 from pathlib import Path
 
 import pytest
+from conftest import free_port
 
 from fmnist.smoke import run
 
@@ -73,12 +74,6 @@ def test_project_default_remote_is_outside_the_repo():
 
 
 # ---------------------------------------------------------------- SSH
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 @pytest.fixture
