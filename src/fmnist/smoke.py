@@ -42,7 +42,7 @@ def tiny_overrides(sources: list[str], sha256: dict[str, str]) -> dict[str, Any]
 def merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
     out = copy.deepcopy(base)
     for key, value in updates.items():
-        if isinstance(value, dict) and isinstance(out.get(key), dict) and key != "arch":
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
             out[key] = merge(out[key], value)
         else:
             out[key] = copy.deepcopy(value)
