@@ -86,15 +86,35 @@ def http_server(tmp_path) -> Iterator[Callable[[Path], Server]]:
         s.__exit__(None, None, None)
 
 
-@pytest.fixture
-def workdir(tmp_path, synthetic) -> Path:
-    """A folder with the project's params.yaml (tiny, synthetic) and stages, to run them in."""
+def make_workdir(path: Path, synthetic: tuple[Path, dict[str, str]]) -> Path:
+    """Copy the project's params.yaml (made tiny, on synthetic data) and stages to ``path``."""
     src, sha = synthetic
     for name in ("params.yaml", "stages"):
         p = ROOT / name
-        (shutil.copytree if p.is_dir() else shutil.copy2)(p, tmp_path / name)
-    update_params(tmp_path / "params.yaml", tiny_overrides([str(src)], sha))
-    return tmp_path
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, path / name)
+    update_params(path / "params.yaml", tiny_overrides([str(src)], sha))
+    return path
+
+
+def run_stages(cwd: Path, *stages: str) -> None:
+    """Run stage scripts in order (e.g. "download", "train lenet"); each must succeed."""
+    for stage in stages:
+        script, *args = stage.split()
+        proc = run_stage(cwd, f"stages/{script}.py", *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+@pytest.fixture
+def workdir(tmp_path, synthetic) -> Path:
+    """A folder with the project's params.yaml (tiny, synthetic) and stages, to run them in."""
+    return make_workdir(tmp_path, synthetic)
+
+
+@pytest.fixture
+def prepared(workdir) -> Path:
+    """``workdir`` after `download` and `preprocess`."""
+    run_stages(workdir, "download", "preprocess")
+    return workdir
 
 
 def set_params(path: Path, updates: dict) -> None:

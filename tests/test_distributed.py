@@ -14,13 +14,11 @@ EPOCHS = 3
 
 
 @pytest.fixture
-def prepared(workdir):
-    for stage in ("download", "preprocess"):
-        assert run_stage(workdir, f"stages/{stage}.py").returncode == 0
+def prepared(prepared):
     # 500 training images, an easy task, lr high enough to learn it in a few epochs
-    set_params(workdir, {"train_lenet": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.01,
+    set_params(prepared, {"train_lenet": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.01,
                                          "augment": {"crop_padding": 0, "hflip": False}}})
-    return workdir
+    return prepared
 
 
 def torchrun(wd, out, nproc=2):

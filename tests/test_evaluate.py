@@ -2,7 +2,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import run_stage
+from conftest import make_workdir, run_stage, run_stages
 from sklearn.metrics import f1_score
 
 from fmnist import CLASSES
@@ -28,19 +28,8 @@ def test_scores_against_hand_computed_values():
 
 @pytest.fixture(scope="module")
 def evaluated(tmp_path_factory, synthetic):
-    import shutil
-
-    from conftest import set_params
-
-    from fmnist.smoke import ROOT, tiny_overrides
-    wd = tmp_path_factory.mktemp("eval")
-    shutil.copy(ROOT / "params.yaml", wd)
-    shutil.copytree(ROOT / "stages", wd / "stages")
-    set_params(wd, tiny_overrides([str(synthetic[0])], synthetic[1]))
-    for stage in ("download", "preprocess", "train lenet", "train alexnet", "evaluate"):
-        script, *args = stage.split()
-        proc = run_stage(wd, f"stages/{script}.py", *args)
-        assert proc.returncode == 0, proc.stderr
+    wd = make_workdir(tmp_path_factory.mktemp("eval"), synthetic)
+    run_stages(wd, "download", "preprocess", "train lenet", "train alexnet", "evaluate")
     return wd
 
 

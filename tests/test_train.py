@@ -13,14 +13,6 @@ from fmnist.params import TrainParams, load_section
 from fmnist.train import load_checkpoint, train
 
 
-@pytest.fixture
-def prepared(workdir):
-    for stage in ("download", "preprocess"):
-        proc = run_stage(workdir, f"stages/{stage}.py")
-        assert proc.returncode == 0, proc.stderr
-    return workdir
-
-
 def weights_hash(path) -> str:
     state = torch.load(path, weights_only=True)
     h = hashlib.sha256()

@@ -22,6 +22,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -89,9 +90,9 @@ def stock_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def project_steps(name: str, params: TrainParams, split: Split, prepared: Path) -> Iterator[int]:
+def project_steps(name: str, arch: Any, params: TrainParams, split: Split,
+                  prepared: Path) -> Iterator[int]:
     device = setup_runtime("cpu", params.threads).device
-    arch = validate(spec(name).arch, params.arch, f"train_{name}.arch")
     trainer = make_trainer(name, arch, params, device, total_steps=10**6)
     trainer.model.train()
     stats = load_stats(prepared) if params.normalize else None
@@ -106,7 +107,7 @@ def project_steps(name: str, params: TrainParams, split: Split, prepared: Path) 
         epoch += 1
 
 
-def baseline_steps(name: str, params: TrainParams, raw: Path, scratch: Path,
+def baseline_steps(name: str, arch: Any, params: TrainParams, raw: Path, scratch: Path,
                    mean: float, std: float) -> Iterator[int]:
     """The loop of a typical tutorial, on the same raw files."""
     from torch.utils.data import DataLoader
@@ -124,7 +125,7 @@ def baseline_steps(name: str, params: TrainParams, raw: Path, scratch: Path,
                                         transforms.Normalize((mean,), (std,))]))
     loader = DataLoader(dataset, batch_size=128, shuffle=True)
     torch.manual_seed(params.seed)
-    model = stock_layers(spec(name).build(validate(spec(name).arch, params.arch, name)))
+    model = stock_layers(spec(name).build(arch))
     opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(params.optimizer,
                                                                          torch.optim.SGD)
     opt = opt_cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
@@ -189,15 +190,15 @@ def main() -> None:
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as scratch:
         for name in args.models:
             params = load_section(f"train_{name}", TrainParams, ROOT / "params.yaml")
+            arch = validate(spec(name).arch, params.arch, f"train_{name}.arch")
             n, per, warm = windows.get(name, (5, 10, 3))
-            ours = statistics.median(timed_windows(project_steps(name, params, split, prepared),
-                                                   n, per, warm))
+            ours = statistics.median(timed_windows(
+                project_steps(name, arch, params, split, prepared), n, per, warm))
             torch.set_num_threads(DEFAULT_THREADS)  # a tutorial sets no thread count
             base_per = max(1, per * params.batch_size // 128)
             base = statistics.median(timed_windows(
-                baseline_steps(name, params, raw, Path(scratch), stats.mean, stats.std),
+                baseline_steps(name, arch, params, raw, Path(scratch), stats.mean, stats.std),
                 n, base_per, warm))
-            arch = validate(spec(name).arch, params.arch, name)
             flops = training_flops_per_image(spec(name).build(arch))
             frac = ours * flops / (peak * 1e9)
             results[name] = {"project_img_s": ours, "baseline_img_s": base,
