@@ -130,3 +130,38 @@ def test_resume_false_ignores_state(prepared):
     set_params(prepared, {"train_alexnet": {"resume": False}})
     proc = run_stage(prepared, "stages/train.py", "alexnet")
     assert proc.returncode == 0 and "resuming" not in proc.stdout
+
+
+MALLOC_PROBE = """
+import ctypes, sys
+import torch
+from fmnist.train import keep_freed_memory
+
+class MallInfo2(ctypes.Structure):
+    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks",
+                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
+
+libc = ctypes.CDLL(None)
+libc.mallinfo2.restype = MallInfo2
+if sys.argv[1] == "tuned":
+    assert keep_freed_memory()
+before = libc.mallinfo2().hblkhd
+t = torch.ones(4 << 20)  # 16 MB, far above glibc's default 128 KB mmap threshold
+mapped = libc.mallinfo2().hblkhd - before
+del t
+print(mapped, libc.mallinfo2().fordblks)
+"""
+
+
+@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"),
+                    reason="needs glibc >= 2.33 (mallinfo2)")
+def test_keep_freed_memory_keeps_activation_buffers_in_the_heap():
+    def probe(mode):
+        out = subprocess.run([PY, "-c", MALLOC_PROBE, mode], check=True, text=True,
+                             capture_output=True).stdout.split()
+        return int(out[0]), int(out[1])
+
+    mapped, _ = probe("default")
+    assert mapped >= 16 << 20  # glibc's default: its own mmap, unmapped again on free
+    mapped, free_in_heap = probe("tuned")
+    assert mapped == 0 and free_in_heap >= 16 << 20  # from the heap, and kept there
