@@ -9,6 +9,7 @@ from fmnist.models import (
     REGISTRY,
     Dropout,
     LocalResponseNorm,
+    ReLUMaxPool,
     build_model,
     count_parameters,
     markdown_table,
@@ -126,3 +127,21 @@ def test_dropout_matches_torch_in_distribution():
     y = Dropout(0.5).train()(x)
     y.sum().backward()
     torch.testing.assert_close(x.grad, (y != 0).float() * 2.0)
+
+
+@pytest.mark.parametrize("memory_format", [torch.contiguous_format, torch.channels_last])
+def test_relu_maxpool_is_exactly_relu_then_maxpool(memory_format):
+    torch.manual_seed(0)
+    x = torch.randn(8, 6, 24, 24)
+    x[:, :, :6] = 0.25    # a flat positive region: four-way ties in every window
+    x[:, :, 6:10] = -0.5  # a flat negative one
+    x[:, :, 10:12, :4] = 0.0
+    x = x.contiguous(memory_format=memory_format)
+    g = torch.randn(8, 6, 12, 12)
+    a, b = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ref = torch.nn.Sequential(torch.nn.ReLU(), torch.nn.MaxPool2d(2))(a)
+    ours = ReLUMaxPool(2)(b)
+    ref.backward(g)
+    ours.backward(g)
+    assert torch.equal(ours, ref)
+    assert torch.equal(b.grad, a.grad)  # bit for bit: the same element of each window

@@ -29,7 +29,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fmnist.data import Split, epoch_order, load_split, load_stats, train_batches
-from fmnist.models import LocalResponseNorm, spec
+from fmnist.models import LocalResponseNorm, ReLUMaxPool, spec
 from fmnist.params import TrainParams, load_section, validate
 from fmnist.smoke import ROOT, make_repo, repo_env, tiny_overrides, update_params
 from fmnist.synthetic import write_dataset
@@ -79,11 +79,14 @@ def training_flops_per_image(model: nn.Module, batch: int = 32) -> float:
 
 
 def stock_layers(model: nn.Module) -> nn.Module:
-    """The same architecture as a tutorial writes it: torch's own LocalResponseNorm."""
+    """The same architecture as a tutorial writes it: torch's own LocalResponseNorm, and
+    ReLU then MaxPool2d as two layers."""
     for name, child in model.named_children():
         if isinstance(child, LocalResponseNorm):
             setattr(model, name, nn.LocalResponseNorm(child.size, child.alpha, child.beta,
                                                       child.k))
+        elif isinstance(child, ReLUMaxPool):
+            setattr(model, name, nn.Sequential(nn.ReLU(), nn.MaxPool2d(child.kernel_size)))
         else:
             stock_layers(child)
     return model
