@@ -237,6 +237,7 @@ def main() -> None:
     results["noop_repro_s"] = noop
     results["matmul_gflops"] = peak
     if args.json:
+        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
 
 
