@@ -1,3 +1,4 @@
+import ctypes
 import hashlib
 import shutil
 import signal
@@ -153,7 +154,7 @@ print(mapped, libc.mallinfo2().fordblks)
 """
 
 
-@pytest.mark.skipif(not hasattr(__import__("ctypes").CDLL(None), "mallinfo2"),
+@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"),
                     reason="needs glibc >= 2.33 (mallinfo2)")
 def test_keep_freed_memory_keeps_activation_buffers_in_the_heap():
     def probe(mode):

@@ -216,11 +216,11 @@ def main() -> None:
             project_steps(name, archs[name], params, split, prepared), n, per, warm))
         flops = training_flops_per_image(spec(name).build(archs[name]))
         frac = ours * flops / (peak * 1e9)
+        ratio = ours / base[name]
         results[name] = {"project_img_s": ours, "baseline_img_s": base[name],
-                         "ratio": ours / base[name], "train_mflop_per_image": flops / 1e6,
+                         "ratio": ratio, "train_mflop_per_image": flops / 1e6,
                          "achieved_gflops": ours * flops / 1e9, "fraction_of_peak": frac}
         t = TARGETS.get(name, {})
-        ratio = ours / base[name]
         verdict = [f"ratio {ratio:.2f}x (target {t['baseline']}x: "
                    f"{'met' if ratio >= t['baseline'] else 'NOT met'})"]
         if "peak" in t:
