@@ -5,7 +5,7 @@ import pytest
 import torch
 from conftest import run_stage
 
-from fmnist.data import augment_batch, epoch_order, load_split, load_stats, to_input
+from fmnist.data import augment_batch, epoch_order, erase_batch, load_split, load_stats, to_input
 from fmnist.preprocess import split_validation
 
 
@@ -65,6 +65,58 @@ def test_augment_batch_crops_and_flips():
     padded = torch.nn.functional.pad(x, (2, 2, 2, 2))
     for a, p in zip(out, padded, strict=True):
         assert any(torch.equal(a, p[i:i + 28, j:j + 28]) for i in range(5) for j in range(5))
+
+
+def test_erase_batch_puts_one_rectangle_of_noise_in_the_chosen_images():
+    n = 4000
+    x = torch.zeros(n, 28, 28, dtype=torch.uint8)
+    out = erase_batch(x, 0.5, (0.1, 0.3), (0.5, 2.0), torch.Generator().manual_seed(0))
+    changed = out != 0
+    hit = changed.flatten(1).any(1)
+    assert 0.45 < hit.float().mean().item() < 0.55
+    for img in changed[hit][:200]:
+        rows, cols = img.any(1).nonzero().flatten(), img.any(0).nonzero().flatten()
+        h, w = rows[-1] - rows[0] + 1, cols[-1] - cols[0] + 1
+        # the noise lies in one axis-aligned rectangle of about the drawn size
+        box = out.new_zeros(28, 28, dtype=torch.bool)
+        box[rows[0]:rows[-1] + 1, cols[0]:cols[-1] + 1] = True
+        assert not (img & ~box).any()
+        assert 0.08 * 784 <= h * w <= 0.33 * 784 and 0.3 <= h / w <= 3.0
+    # noise is uniform over 0..255, and untouched images stay as they were
+    assert torch.equal(out[~hit], x[~hit])
+    assert 100 < out[changed].float().mean().item() < 155
+    assert torch.equal(erase_batch(x, 0.0, (0.1, 0.3), (0.5, 2.0),
+                                   torch.Generator().manual_seed(0)), x)
+
+
+def test_train_batches_draw_nothing_for_augmentations_that_are_off():
+    from fmnist.data import Split, train_batches
+    from fmnist.params import Augment
+    split = Split(torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8),
+                  torch.zeros(64, dtype=torch.int64))
+    order = torch.arange(64)
+
+    def first(aug: Augment) -> torch.Tensor:
+        return next(train_batches(split, 64, order, None, aug,
+                                  torch.Generator().manual_seed(3)))[0]
+
+    flip = first(Augment(crop_padding=0, hflip=True))
+    flip_erase = first(Augment(crop_padding=0, hflip=True, erase=1.0))
+    # the flips are the same draws with erasing on; erasing changes only some pixels
+    same = flip == flip_erase
+    assert 0 < (~same).sum() < same.sum()
+    assert torch.equal(first(Augment(crop_padding=0, hflip=False)), to_input(split.images, None))
+
+
+@pytest.mark.parametrize("field,value", [("erase_area", (0.0, 0.3)), ("erase_area", (0.3, 0.2)),
+                                         ("erase_area", (0.2, 1.5)), ("erase_ratio", (-1, 2)),
+                                         ("erase", 1.5)])
+def test_augment_rejects_bad_erasing_params(field, value):
+    from pydantic import ValidationError
+
+    from fmnist.params import Augment
+    with pytest.raises(ValidationError):
+        Augment(crop_padding=0, hflip=False, **{field: value})
 
 
 def test_to_input_normalizes():

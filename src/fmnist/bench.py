@@ -103,7 +103,7 @@ def project_steps(name: str, arch: Any, params: TrainParams, split: Split,
     while True:
         order = epoch_order(len(split), params.seed, epoch)
         for x, y in train_batches(split, params.batch_size, order, stats,
-                                  params.augment.crop_padding, params.augment.hflip, gen):
+                                  params.augment, gen):
             trainer.step(x, y)
             yield len(y)
         epoch += 1

@@ -10,9 +10,11 @@ from __future__ import annotations
 import gzip
 import hashlib
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -20,6 +22,9 @@ import torch.nn.functional as F
 
 from fmnist import CLASSES
 from fmnist.common import UserError, atomic_path, write_json
+
+if TYPE_CHECKING:
+    from fmnist.params import Augment
 
 # IDX type code -> big-endian numpy dtype
 IDX_DTYPES = {
@@ -231,14 +236,48 @@ def epoch_order(n: int, seed: int, epoch: int, rank: int = 0, world: int = 1) ->
     return perm[rank::world]
 
 
+def erase_batch(x: torch.Tensor, prob: float, area: tuple[float, float],
+                ratio: tuple[float, float], generator: torch.Generator) -> torch.Tensor:
+    """Random erasing (Zhong et al., 2017) of a whole uint8 batch, without a Python loop.
+
+    Each image, with probability ``prob``, gets one rectangle of uniform random noise.
+    Its area is a uniform fraction in ``area`` of the image's, its aspect ratio
+    (height/width) log-uniform in ``ratio``; a side that comes out longer than the
+    image is cut to fit, where torchvision's RandomErasing would draw again.
+    """
+    n, h, w = x.shape
+    apply = torch.rand(n, generator=generator) < prob
+    frac = torch.empty(n).uniform_(area[0], area[1], generator=generator)
+    log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
+    eh = (frac * h * w * log_r.exp()).sqrt().round().clamp(1, h).long()
+    ew = (frac * h * w / log_r.exp()).sqrt().round().clamp(1, w).long()
+    y0 = (torch.rand(n, generator=generator) * (h - eh + 1)).long()
+    x0 = (torch.rand(n, generator=generator) * (w - ew + 1)).long()
+    rows = torch.arange(h)[None, :, None]
+    cols = torch.arange(w)[None, None, :]
+    mask = ((rows >= y0[:, None, None]) & (rows < (y0 + eh)[:, None, None])
+            & (cols >= x0[:, None, None]) & (cols < (x0 + ew)[:, None, None])
+            & apply[:, None, None])
+    noise = torch.randint(0, 256, x.shape, dtype=torch.uint8, generator=generator)
+    return torch.where(mask, noise, x)
+
+
 def train_batches(split: Split, batch_size: int, order: torch.Tensor, stats: Stats | None,
-                  crop_padding: int, hflip: bool,
+                  augment: Augment,
                   generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
+    """Shuffled, augmented, normalized training batches in ``order``.
+
+    Augmentations that are off draw no random numbers, so turning one on leaves the
+    others' draws as they were.
+    """
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x = split.images[idx]
-        if crop_padding or hflip:
-            x = augment_batch(x, crop_padding, hflip, generator)
+        if augment.crop_padding or augment.hflip:
+            x = augment_batch(x, augment.crop_padding, augment.hflip, generator)
+        if augment.erase:
+            x = erase_batch(x, augment.erase, augment.erase_area, augment.erase_ratio,
+                            generator)
         yield to_input(x, stats), split.labels[idx]
 
 

@@ -73,6 +73,19 @@ class PreprocessParams(Strict):
 class Augment(Strict):
     crop_padding: int = Field(ge=0, le=8)
     hflip: bool
+    erase: float = Field(0.0, ge=0, le=1, description="random erasing probability; 0 = off")
+    erase_area: tuple[float, float] = Field((0.02, 0.4),
+                                            description="erased fraction of the image")
+    erase_ratio: tuple[float, float] = Field((0.3, 3.3), description="aspect ratio h/w")
+
+    @field_validator("erase_area", "erase_ratio")
+    @classmethod
+    def _range(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+        lo, hi = v
+        top = 1.0 if info.field_name == "erase_area" else float("inf")
+        if not 0 < lo <= hi <= top:
+            raise ValueError(f"needs 0 < low <= high{' <= 1' if top == 1 else ''}")
+        return v
 
 
 class Distributed(Strict):

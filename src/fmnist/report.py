@@ -18,9 +18,11 @@ def _table(header: list[str], rows: list[list[str]], align: str | None = None) -
 
 def hyperparameters(p: dict[str, Any]) -> list[list[str]]:
     aug = p["augment"]
-    augment = ", ".join(s for s in (f"random crop (pad {aug['crop_padding']})"
-                                    if aug["crop_padding"] else "",
-                                    "horizontal flip" if aug["hflip"] else "") if s) or "none"
+    erase = aug.get("erase", 0.0)
+    parts = [f"random crop (pad {aug['crop_padding']})" if aug["crop_padding"] else "",
+             "horizontal flip" if aug["hflip"] else "",
+             f"random erasing (p {erase:g})" if erase else ""]
+    augment = ", ".join(s for s in parts if s) or "none"
     rows = [
         ["Optimizer", p["optimizer"]],
         ["Learning rate", f"{p['lr']:g}" + (f" (peak, {p['schedule']})"

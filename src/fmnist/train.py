@@ -335,8 +335,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
         loss_sum = torch.zeros((), dtype=torch.float64)
         correct = torch.zeros((), dtype=torch.int64)
         seen = 0
-        bar = tqdm(train_batches(train_split, local_batch, order, stats, aug.crop_padding,
-                                 aug.hflip, gen),
+        bar = tqdm(train_batches(train_split, local_batch, order, stats, aug, gen),
                    total=steps_per_epoch, desc=f"{name} {epoch + 1}/{params.epochs}",
                    leave=False, disable=None if rt.main else True, mininterval=1.0)
         for step, (x, y) in enumerate(bar):
