@@ -98,3 +98,16 @@ def test_render_is_pure():
     assert "| Weight decay | 0.01 (L2 in the gradient) |" in text
     assert "| Augmentation | none |" in text and "| Input normalization | none (x / 255) |" in text
     assert "| Learning rate | 0.001 |" in text
+
+
+def test_hyperparameters_name_each_augmentation():
+    from fmnist.report import hyperparameters
+    p = {"optimizer": "adamw", "lr": 1e-2, "schedule": "onecycle", "weight_decay": 1e-4,
+         "batch_size": 512, "epochs": 40, "label_smoothing": 0.1, "normalize": True,
+         "seed": 1, "momentum": 0.9,
+         "augment": {"crop_padding": 1, "hflip": True, "erase": 0.25}}
+    rows = dict(hyperparameters(p))
+    assert rows["Augmentation"] == ("random crop (pad 1), horizontal flip, "
+                                    "random erasing (p 0.25)")
+    p["augment"] = {"crop_padding": 0, "hflip": False, "erase": 0.0}
+    assert dict(hyperparameters(p))["Augmentation"] == "none"
