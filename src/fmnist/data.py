@@ -249,8 +249,9 @@ def erase_batch(x: torch.Tensor, prob: float, area: tuple[float, float],
     apply = torch.rand(n, generator=generator) < prob
     frac = torch.empty(n).uniform_(area[0], area[1], generator=generator)
     log_r = torch.empty(n).uniform_(math.log(ratio[0]), math.log(ratio[1]), generator=generator)
-    eh = (frac * h * w * log_r.exp()).sqrt().round().clamp(1, h).long()
-    ew = (frac * h * w / log_r.exp()).sqrt().round().clamp(1, w).long()
+    pixels, r = frac * (h * w), log_r.exp()
+    eh = (pixels * r).sqrt().round().clamp(1, h).long()
+    ew = (pixels / r).sqrt().round().clamp(1, w).long()
     y0 = (torch.rand(n, generator=generator) * (h - eh + 1)).long()
     x0 = (torch.rand(n, generator=generator) * (w - ew + 1)).long()
     rows = torch.arange(h)[None, :, None]
