@@ -111,3 +111,6 @@ def test_hyperparameters_name_each_augmentation():
                                     "random erasing (p 0.25)")
     p["augment"] = {"crop_padding": 0, "hflip": False, "erase": 0.0}
     assert dict(hyperparameters(p))["Augmentation"] == "none"
+    assert dict(hyperparameters(p))["Weight averaging"] == "none"
+    p["ema"] = 0.999
+    assert dict(hyperparameters(p))["Weight averaging"] == "EMA, decay 0.999 per step"

@@ -9,9 +9,11 @@ import pytest
 import torch
 from conftest import PY, run_stage, set_params
 
+from fmnist import train as train_module
 from fmnist.common import UserError
+from fmnist.data import load_split, load_stats
 from fmnist.params import TrainParams, load_section
-from fmnist.train import load_checkpoint, train
+from fmnist.train import Trainer, load_checkpoint, loss_and_accuracy, predict_logits, train
 
 
 def weights_hash(path) -> str:
@@ -71,6 +73,57 @@ def test_checkpoint_that_does_not_fit(prepared):
 def test_fp16_on_cpu_is_refused(prepared):
     with pytest.raises(UserError, match="amp: 'fp16' needs a CUDA device"):
         run_train(prepared, "lenet", "a", amp="fp16", device="cpu")
+
+
+# ---------------------------------------------------------------- weight averaging
+
+
+def test_ema_saves_and_validates_the_moving_average_of_the_steps(prepared, monkeypatch):
+    decay = 0.9
+    raw: list[dict[str, torch.Tensor]] = []
+    step = Trainer.step
+
+    def recording_step(self, x, y):
+        out = step(self, x, y)
+        raw.append({k: v.detach().clone() for k, v in self.model.state_dict().items()})
+        return out
+
+    monkeypatch.setattr(Trainer, "step", recording_step)
+    meta = run_train(prepared, "lenet", "a", epochs=2, ema=decay)
+    assert len(raw) > 4
+    expected = dict(raw[0])  # the average starts as a copy of the first step's weights
+    for weights in raw[1:]:
+        expected = {k: expected[k] + (1 - decay) * (weights[k] - expected[k]) for k in weights}
+    saved = torch.load(prepared / "a/model/model.pt", weights_only=True)
+    assert saved.keys() == expected.keys()
+    for k in saved:
+        torch.testing.assert_close(saved[k], expected[k])
+    assert not torch.allclose(saved["classifier.5.weight"], raw[-1]["classifier.5.weight"])
+
+    model, _ = load_checkpoint(prepared / "a/model", "train-lenet")
+    val = load_split(prepared / "data/prepared", "val")
+    logits = predict_logits(model, val, load_stats(prepared / "data/prepared"), 1000,
+                            torch.device("cpu"))
+    assert meta["final"]["val_accuracy"] == loss_and_accuracy(logits, val.labels)[1]
+
+
+def test_interrupted_ema_run_resumes_to_the_uninterrupted_weights(prepared, monkeypatch):
+    run_train(prepared, "lenet", "ref", epochs=3, ema=0.95)
+    save = train_module.save_torch
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        if path.name == "state.pt":
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(train_module, "save_torch", save_then_die)
+    with pytest.raises(KeyboardInterrupt):
+        run_train(prepared, "lenet", "b", epochs=3, ema=0.95)
+    assert "average" in torch.load(prepared / "b/state.pt", weights_only=True)
+    monkeypatch.setattr(train_module, "save_torch", save)
+    run_train(prepared, "lenet", "b", epochs=3, ema=0.95)
+    assert (weights_hash(prepared / "b/model/model.pt")
+            == weights_hash(prepared / "ref/model/model.pt"))
 
 
 # ---------------------------------------------------------------- kill and resume

@@ -108,6 +108,7 @@ class TrainParams(Strict):
     schedule: Literal["onecycle", "cosine", "constant"]
     warmup: float = Field(ge=0, lt=1, description="fraction of steps spent warming up")
     label_smoothing: float = Field(ge=0, lt=1)
+    ema: float = Field(ge=0, lt=1, description="decay of the weights' moving average; 0 = off")
     normalize: bool
     augment: Augment
     seed: int

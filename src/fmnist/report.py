@@ -32,6 +32,7 @@ def hyperparameters(p: dict[str, Any]) -> list[list[str]]:
         ["Batch size", str(p["batch_size"])],
         ["Epochs", str(p["epochs"])],
         ["Label smoothing", f"{p['label_smoothing']:g}"],
+        ["Weight averaging", f"EMA, decay {p['ema']:g} per step" if p.get("ema") else "none"],
         ["Input normalization", "train mean/std" if p["normalize"] else "none (x / 255)"],
         ["Augmentation", augment],
         ["Seed", str(p["seed"])],

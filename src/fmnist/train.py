@@ -23,6 +23,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fmnist.common import UserError, atomic_path, write_json, write_text
@@ -191,6 +192,18 @@ def make_scheduler(opt: torch.optim.Optimizer, p: TrainParams,
     return torch.optim.lr_scheduler.LambdaLR(opt, lambda _: 1.0)
 
 
+def make_average(model: nn.Module, decay: float) -> AveragedModel | None:
+    """An exponential moving average of ``model``'s weights, or None where decay is 0.
+
+    Updated after every optimizer step as ``avg = decay * avg + (1 - decay) * weights``,
+    starting from a copy of the first step's weights. Its weights are the ones a run
+    validates and saves; the optimizer keeps stepping the raw ones.
+    """
+    if not decay:
+        return None
+    return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
+
+
 def autocast(device: torch.device, amp: str):
     if amp == "none":
         return contextlib.nullcontext()
@@ -248,6 +261,12 @@ class Trainer:
     criterion: nn.Module
     device: torch.device
     amp: str
+    average: AveragedModel | None = None
+
+    @property
+    def result(self) -> nn.Module:
+        """The weights a run ends with: the moving average where there is one."""
+        return self.average.module if self.average is not None else _unwrap(self.model)
 
     def step(self, x: torch.Tensor, y: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         """One optimization step on a batch; returns the (detached) loss and logits."""
@@ -260,6 +279,8 @@ class Trainer:
         self.scaler.step(self.opt)
         self.scaler.update()
         self.sched.step()
+        if self.average is not None:
+            self.average.update_parameters(_unwrap(self.model))
         return loss.detach(), logits.detach()
 
 
@@ -271,7 +292,7 @@ def make_trainer(name: str, arch: Any, params: TrainParams, device: torch.device
     return Trainer(model, opt, make_scheduler(opt, params, total_steps),
                    torch.amp.GradScaler(device.type, enabled=params.amp == "fp16"),
                    nn.CrossEntropyLoss(label_smoothing=params.label_smoothing),
-                   device, params.amp)
+                   device, params.amp, make_average(model, params.ema))
 
 
 def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | Path,
@@ -314,6 +335,8 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
             opt.load_state_dict(state["optimizer"])
             sched.load_state_dict(state["scheduler"])
             scaler.load_state_dict(state["scaler"])
+            if t.average is not None:
+                t.average.load_state_dict(state["average"])
             start_epoch, history = state["epoch"], state["history"]
             elapsed, step_seconds = state["elapsed"], state["step_seconds"]
             if rt.main:
@@ -357,7 +380,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
 
         val_loss = val_acc = float("nan")
         if rt.main and len(val_split):
-            logits = predict_logits(_unwrap(model), val_split, stats, params.eval_batch_size,
+            logits = predict_logits(t.result, val_split, stats, params.eval_batch_size,
                                     rt.device, params.amp)
             val_loss, val_acc = loss_and_accuracy(logits, val_split.labels)
         seconds = time.perf_counter() - t0
@@ -373,6 +396,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
             save_torch({"fingerprint": fp, "epoch": epoch + 1,
                         "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
                         "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
+                        **({"average": t.average.state_dict()} if t.average is not None else {}),
                         "history": history, "elapsed": elapsed,
                         "step_seconds": step_seconds}, state_path)
         if rt.world > 1:
@@ -396,7 +420,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
     }
     if rt.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_torch(_unwrap(model).state_dict(), out_dir / "model.pt")
+        save_torch(t.result.state_dict(), out_dir / "model.pt")
         write_json(out_dir / "meta.json", meta)
         write_curves(curves_path, history)
     return meta
