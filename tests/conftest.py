@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import hashlib
 import http.server
 import shutil
 import socket
@@ -12,10 +13,13 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
 
+from fmnist.params import TrainParams, load_section
 from fmnist.smoke import ROOT, make_repo, repo_env, tiny_overrides, update_params
 from fmnist.synthetic import write_dataset
+from fmnist.train import train
 
 PY = sys.executable
 
@@ -140,3 +144,44 @@ def dvc_repo(tmp_path, synthetic) -> tuple[Path, dict[str, str]]:
     repo = make_repo(tmp_path / "repo", env)
     update_params(repo / "params.yaml", tiny_overrides([str(src)], sha))
     return repo, env
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def weights_hash(path: Path) -> str:
+    """SHA-256 of a saved state dict's tensors (a plain load: they must be on the CPU)."""
+    state = torch.load(path, weights_only=True)
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].contiguous().numpy().tobytes())
+    return h.hexdigest()
+
+
+def run_train(wd: Path, name: str, tag: str, **updates) -> dict:
+    """Train ``name`` in-process from ``wd``'s params, with ``updates``, into ``wd``/tag."""
+    params = load_section(f"train_{name}", TrainParams, wd / "params.yaml")
+    params = params.model_copy(update=updates)
+    return train(name, params, wd / "data/prepared", wd / tag / "model", wd / tag / "state.pt",
+                 wd / tag / "curves.tsv")
+
+
+def run_train_interrupted(wd: Path, name: str, tag: str, **updates) -> dict:
+    """``run_train``, stopped as a Ctrl-C would stop it once it has saved its first
+    epoch's resume state; returns that state."""
+    import fmnist.train as train_module
+
+    save = train_module.save_torch
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        if Path(path).name == "state.pt":
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(train_module, "save_torch", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(wd, name, tag, **updates)
+    return torch.load(wd / tag / "state.pt", weights_only=True)

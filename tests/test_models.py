@@ -89,8 +89,11 @@ def test_lrn_matches_torch(size, shape):
     torch.testing.assert_close(x1.grad, x2.grad)
 
 
-def test_lrn_default_hyperparameters_float32():
-    x = torch.relu(torch.randn(8, 64, 14, 14)) * 10
+@pytest.mark.parametrize("device", [
+    "cpu", pytest.param("cuda", marks=pytest.mark.skipif(not torch.cuda.is_available(),
+                                                         reason="needs a CUDA device"))])
+def test_lrn_default_hyperparameters_float32(device):
+    x = (torch.relu(torch.randn(8, 64, 14, 14)) * 10).to(device)
     x1, x2 = x.clone().requires_grad_(), x.clone().requires_grad_()
     y1, y2 = LocalResponseNorm(5)(x1), torch.nn.LocalResponseNorm(5)(x2)
     torch.testing.assert_close(y1, y2, rtol=1e-5, atol=1e-6)

@@ -3,7 +3,7 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import run_stage
+from conftest import file_sha256, run_stage
 
 from fmnist.data import augment_batch, epoch_order, erase_batch, load_split, load_stats, to_input
 from fmnist.preprocess import split_validation
@@ -43,6 +43,12 @@ def test_stage_writes_the_store(workdir):
     assert stats["mean"] == pytest.approx(expected.mean().item())
     assert stats["std"] == pytest.approx(expected.std(unbiased=False).item())
     assert load_stats(prepared).mean == stats["mean"]
+
+    # Run again, the store is the same bytes: DVC sees no change, and nothing downstream
+    # re-runs (torch.save to a path would name the zip's folder after a temporary file).
+    first = {f.name: file_sha256(f) for f in prepared.iterdir()}
+    assert run_stage(workdir, "stages/preprocess.py").returncode == 0
+    assert {f.name: file_sha256(f) for f in prepared.iterdir()} == first
 
 
 def test_epoch_order_shards_are_disjoint_and_cover():

@@ -14,7 +14,7 @@ import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -150,11 +150,21 @@ class Stats:
     std: float
 
 
+def save_torch(obj: Any, path: str | Path) -> None:
+    """``torch.save``, atomically, and the same bytes for the same tensors.
+
+    Saved to a path, torch names the archive's folder inside the zip after the file,
+    here a random temporary name: every run would then write a different file, and DVC
+    would see new data where nothing changed. Saved to an open file, it is "archive".
+    """
+    with atomic_path(path) as tmp, open(tmp, "wb") as f:
+        torch.save(obj, f)
+
+
 def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
-    obj = {"images": torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
-           "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))}
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+    save_torch({"images": torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
+                "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))},
+               path)
 
 
 def load_split(prepared: str | Path, split: str) -> Split:

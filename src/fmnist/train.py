@@ -26,7 +26,7 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
-from fmnist.common import UserError, atomic_path, write_json, write_text
+from fmnist.common import UserError, write_json, write_text
 from fmnist.data import (
     Split,
     Stats,
@@ -34,6 +34,7 @@ from fmnist.data import (
     eval_batches,
     load_split,
     load_stats,
+    save_torch,
     train_batches,
 )
 from fmnist.models import build_model, count_parameters, spec
@@ -238,9 +239,13 @@ def write_curves(path: Path, history: list[dict[str, float]]) -> None:
     write_text(path, "\n".join(lines) + "\n")
 
 
-def save_torch(obj: Any, path: Path) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(obj, tmp)
+def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
+    """The model's state dict with every tensor on the CPU, so that a plain
+    ``torch.load`` of a GPU-trained model works on a machine without one."""
+    state = model.state_dict()
+    for k, v in state.items():  # in place: the dict keeps its type and _metadata
+        state[k] = v.cpu()
+    return state
 
 
 def _unwrap(model: nn.Module) -> nn.Module:
@@ -347,6 +352,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
             model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
     aug = params.augment
+    acc_dtype = torch.float32 if rt.device.type == "mps" else torch.float64  # MPS has no f64
     for epoch in range(start_epoch, params.epochs):
         t0 = time.perf_counter()
         # Every random draw of an epoch comes from (seed, epoch, rank): resume needs no
@@ -355,27 +361,29 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
         gen = torch.Generator().manual_seed(params.seed * 7919 + epoch * 104_729 + rt.rank)
         order = epoch_order(len(train_split), params.seed, epoch, rt.rank, rt.world)[:shard]
         model.train()
-        loss_sum = torch.zeros((), dtype=torch.float64)
-        correct = torch.zeros((), dtype=torch.int64)
+        # The running sums stay on the device: reading them back every step would make
+        # the host wait for each GPU step before it can prepare the next batch.
+        loss_sum = torch.zeros((), dtype=acc_dtype, device=rt.device)
+        correct = torch.zeros((), dtype=torch.int64, device=rt.device)
         seen = 0
         bar = tqdm(train_batches(train_split, local_batch, order, stats, aug, gen),
                    total=steps_per_epoch, desc=f"{name} {epoch + 1}/{params.epochs}",
                    leave=False, disable=None if rt.main else True, mininterval=1.0)
         for step, (x, y) in enumerate(bar):
+            y = y.to(rt.device, non_blocking=True)
             loss, logits = t.step(x, y)
-            loss_sum += loss.double().cpu() * len(y)
-            correct += (logits.argmax(1).cpu() == y).sum()
+            loss_sum += loss.to(acc_dtype) * len(y)
+            correct += (logits.argmax(1) == y).sum()
             seen += len(y)
-            if step % 20 == 0:
+            if step % 20 == 0 and not bar.disable:
                 bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
         bar.close()
-        step_seconds += time.perf_counter() - t0
-        totals = torch.stack([loss_sum, correct.double(), torch.tensor(float(seen),
-                                                                       dtype=torch.float64)])
+        totals = torch.stack([loss_sum, correct.to(acc_dtype),
+                              torch.tensor(float(seen), dtype=acc_dtype, device=rt.device)])
         if rt.world > 1:
-            totals = totals.to(rt.device)
             dist.all_reduce(totals)
-            totals = totals.cpu()
+        totals = totals.cpu()  # waits for the epoch's last step, so it is timed
+        step_seconds += time.perf_counter() - t0
         train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
 
         val_loss = val_acc = float("nan")
@@ -420,7 +428,7 @@ def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | P
     }
     if rt.main:
         out_dir.mkdir(parents=True, exist_ok=True)
-        save_torch(t.result.state_dict(), out_dir / "model.pt")
+        save_torch(cpu_state_dict(t.result), out_dir / "model.pt")
         write_json(out_dir / "meta.json", meta)
         write_curves(curves_path, history)
     return meta
