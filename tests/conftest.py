@@ -16,10 +16,10 @@ import pytest
 import torch
 import yaml
 
+from fmnist import train as train_module
 from fmnist.params import TrainParams, load_section
 from fmnist.smoke import ROOT, make_repo, repo_env, tiny_overrides, update_params
 from fmnist.synthetic import write_dataset
-from fmnist.train import train
 
 PY = sys.executable
 
@@ -150,9 +150,8 @@ def file_sha256(path: Path) -> str:
     return hashlib.sha256(Path(path).read_bytes()).hexdigest()
 
 
-def weights_hash(path: Path) -> str:
-    """SHA-256 of a saved state dict's tensors (a plain load: they must be on the CPU)."""
-    state = torch.load(path, weights_only=True)
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and tensors (CPU tensors)."""
     h = hashlib.sha256()
     for k in sorted(state):
         h.update(k.encode())
@@ -160,19 +159,22 @@ def weights_hash(path: Path) -> str:
     return h.hexdigest()
 
 
+def weights_hash(path: Path) -> str:
+    """``state_hash`` of a saved state dict (a plain load: it must be on the CPU)."""
+    return state_hash(torch.load(path, weights_only=True))
+
+
 def run_train(wd: Path, name: str, tag: str, **updates) -> dict:
     """Train ``name`` in-process from ``wd``'s params, with ``updates``, into ``wd``/tag."""
     params = load_section(f"train_{name}", TrainParams, wd / "params.yaml")
     params = params.model_copy(update=updates)
-    return train(name, params, wd / "data/prepared", wd / tag / "model", wd / tag / "state.pt",
-                 wd / tag / "curves.tsv")
+    return train_module.train(name, params, wd / "data/prepared", wd / tag / "model",
+                              wd / tag / "state.pt", wd / tag / "curves.tsv")
 
 
 def run_train_interrupted(wd: Path, name: str, tag: str, **updates) -> dict:
     """``run_train``, stopped as a Ctrl-C would stop it once it has saved its first
     epoch's resume state; returns that state."""
-    import fmnist.train as train_module
-
     save = train_module.save_torch
 
     def save_then_die(obj, path):

@@ -1,12 +1,11 @@
 """Data-parallel training under torchrun: 2 CPU processes with gloo on 127.0.0.1."""
 
-import hashlib
 import json
 import subprocess
 
 import pytest
 import torch
-from conftest import PY, free_port, run_stage, set_params
+from conftest import PY, free_port, run_stage, set_params, state_hash, weights_hash
 
 from fmnist.smoke import ROOT
 
@@ -30,13 +29,6 @@ def torchrun(wd, out, nproc=2):
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
 
 
-def digest(state) -> str:
-    h = hashlib.sha256()
-    for k in sorted(state):
-        h.update(state[k].contiguous().numpy().tobytes())
-    return h.hexdigest()
-
-
 def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
     ranks = torchrun(prepared, tmp_path / "ddp")
     n_train = 500
@@ -47,7 +39,7 @@ def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
         assert not set(a) & set(b), "ranks saw overlapping samples"
         assert sorted(a + b) == list(range(n_train)), "the ranks did not cover the epoch"
     assert ranks[0]["seen"][0] != ranks[0]["seen"][1], "every epoch must reshuffle"
-    assert digest(ranks[0]["weights"]) == digest(ranks[1]["weights"])
+    assert state_hash(ranks[0]["weights"]) == state_hash(ranks[1]["weights"])
 
     # Same global batch and lr in one process: accuracy matches within the tolerance.
     single = run_stage(prepared, "stages/train.py", "lenet")
@@ -69,8 +61,7 @@ def test_stage_launches_torchrun_itself_and_is_deterministic(prepared):
         assert proc.returncode == 0, proc.stdout + proc.stderr
         meta = json.loads((prepared / "models/lenet/meta.json").read_text())
         assert meta["world_size"] == 2
-        hashes.append(digest(torch.load(prepared / "models/lenet/model.pt",
-                                        weights_only=True)))
+        hashes.append(weights_hash(prepared / "models/lenet/model.pt"))
     assert hashes[0] == hashes[1]
 
 
