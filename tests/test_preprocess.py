@@ -116,13 +116,19 @@ def test_train_batches_draw_nothing_for_augmentations_that_are_off():
 
 @pytest.mark.parametrize("field,value", [("erase_area", (0.0, 0.3)), ("erase_area", (0.3, 0.2)),
                                          ("erase_area", (0.2, 1.5)), ("erase_ratio", (-1, 2)),
-                                         ("erase", 1.5)])
+                                         ("erase_ratio", (3.0, 2.0)), ("erase", 1.5)])
 def test_augment_rejects_bad_erasing_params(field, value):
     from pydantic import ValidationError
 
     from fmnist.params import Augment
     with pytest.raises(ValidationError):
         Augment(crop_padding=0, hflip=False, **{field: value})
+
+
+def test_augment_erase_ratio_may_exceed_one_but_area_may_not():
+    from fmnist.params import Augment
+    aug = Augment(crop_padding=0, hflip=False, erase_area=(0.1, 1.0), erase_ratio=(0.5, 5.0))
+    assert aug.erase_area == (0.1, 1.0) and aug.erase_ratio == (0.5, 5.0)
 
 
 def test_to_input_normalizes():

@@ -78,13 +78,20 @@ class Augment(Strict):
                                             description="erased fraction of the image")
     erase_ratio: tuple[float, float] = Field((0.3, 3.3), description="aspect ratio h/w")
 
-    @field_validator("erase_area", "erase_ratio")
+    @field_validator("erase_area")
     @classmethod
-    def _range(cls, v: tuple[float, float], info: Any) -> tuple[float, float]:
+    def _area(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v
-        top = 1.0 if info.field_name == "erase_area" else float("inf")
-        if not 0 < lo <= hi <= top:
-            raise ValueError(f"needs 0 < low <= high{' <= 1' if top == 1 else ''}")
+        if not 0 < lo <= hi <= 1:
+            raise ValueError("needs 0 < low <= high <= 1")
+        return v
+
+    @field_validator("erase_ratio")
+    @classmethod
+    def _ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
+        lo, hi = v
+        if not 0 < lo <= hi:
+            raise ValueError("needs 0 < low <= high")
         return v
 
 
