@@ -23,13 +23,13 @@ test: install data sshd
 
 bench: install data
 	dvc repro preprocess
-	python -m fmnist.bench --json .bench/results.json
+	python -m tools.bench --json .bench/results.json
 
 lint: install
 	ruff check src stages tests
 
 smoke: install
-	python -m fmnist.smoke
+	python -m tools.smoke
 
 install: $(STAMP)
 

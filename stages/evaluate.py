@@ -2,7 +2,7 @@
 
 import argparse
 
-from fmnist.common import run_stage
+from fmnist.common import UserError, run_stage
 from fmnist.evaluate import evaluate
 from fmnist.models import REGISTRY
 from fmnist.params import EvaluateParams, load_section
@@ -13,6 +13,11 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--models", nargs="+", default=list(REGISTRY))
     args = parser.parse_args()
+    unknown = [m for m in args.models if m not in REGISTRY]
+    if unknown:
+        raise UserError(f"unknown model {unknown[0]!r} in --models (known: "
+                        f"{', '.join(REGISTRY)}; their stages: "
+                        f"{', '.join(f'train-{m}' for m in REGISTRY)})")
     params = load_section("evaluate", EvaluateParams, args.params)
     for r in evaluate(args.models, params):
         t = r["metrics"]["test"]

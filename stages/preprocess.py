@@ -14,7 +14,7 @@ def main() -> None:
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()
     params = load_section("preprocess", PreprocessParams, args.params)
-    stats = preprocess(params, args.raw, args.out)
+    stats = preprocess(params, args.raw, args.out, args.params)
     counts = stats["counts"]
     print(f"prepared {counts['train']} train, {counts['val']} val, {counts['test']} test "
           f"images (train mean {stats['mean']:.4f}, std {stats['std']:.4f})")

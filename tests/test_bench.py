@@ -3,9 +3,8 @@
 import json
 import subprocess
 
-from conftest import PY
-
-from fmnist.smoke import ROOT
+from tests.support import PY
+from tools import ROOT
 
 # LeNet-5's training FLOPs per image, by hand (multiply-adds count 2). Forward: conv1
 # 6*24*24*25*2, conv2 16*8*8*150*2, dense 256*120*2 + 120*84*2 + 84*10*2. Backward: the
@@ -19,7 +18,7 @@ LENET_TRAIN_FLOPS = (CONV1 + CONV2 + DENSE) + CONV1 + 2 * (CONV2 + DENSE)
 def test_bench_quick(prepared, tmp_path):
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [PY, "-m", "fmnist.bench", "--quick", "--models", "lenet",
+        [PY, "-m", "tools.bench", "--quick", "--models", "lenet",
          "--prepared", str(prepared / "data/prepared"), "--raw", str(prepared / "data/raw"),
          "--params", str(prepared / "params.yaml"), "--json", str(out)],
         cwd=ROOT, text=True, capture_output=True, timeout=600)

@@ -10,11 +10,11 @@ import warnings
 
 import pytest
 import torch
-from conftest import run_stages, run_train, run_train_interrupted, set_params, weights_hash
 
+from fmnist.checkpoint import load_checkpoint, predict_logits
 from fmnist.data import load_split, load_stats
 from fmnist.models import build_model
-from fmnist.train import load_checkpoint, predict_logits
+from tests.support import run_stages, run_train, run_train_interrupted, set_params, weights_hash
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 

@@ -1,13 +1,22 @@
 """Data-parallel training under torchrun: 2 CPU processes with gloo on 127.0.0.1."""
 
 import json
+import shutil
 import subprocess
 
 import pytest
 import torch
-from conftest import PY, free_port, run_stage, set_params, state_hash, weights_hash
 
-from fmnist.smoke import ROOT
+from tests.support import (
+    PY,
+    assert_one_line_error,
+    free_port,
+    run_script,
+    set_params,
+    state_hash,
+    weights_hash,
+)
+from tools import ROOT
 
 EPOCHS = 3
 
@@ -20,11 +29,13 @@ def prepared(prepared):
     return prepared
 
 
-def torchrun(wd, out, nproc=2):
+def torchrun(wd, out, *extra, nproc=2, check=True):
     cmd = [PY, "-m", "torch.distributed.run", f"--nproc_per_node={nproc}", "--nnodes=1",
            "--master_addr=127.0.0.1", f"--master_port={free_port()}",
-           "tests/ddp_worker.py", str(wd), str(out)]
+           "tests/ddp_worker.py", str(wd), str(out), *extra]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
+    if not check:
+        return proc
     assert proc.returncode == 0, proc.stdout + proc.stderr
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
 
@@ -42,7 +53,7 @@ def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
     assert state_hash(ranks[0]["weights"]) == state_hash(ranks[1]["weights"])
 
     # Same global batch and lr in one process: accuracy matches within the tolerance.
-    single = run_stage(prepared, "stages/train.py", "lenet")
+    single = run_script(prepared, "stages/train.py", "lenet")
     assert single.returncode == 0, single.stderr
     single_acc = json.loads((prepared / "models/lenet/meta.json").read_text())
     single_acc = single_acc["final"]["val_accuracy"]
@@ -51,23 +62,52 @@ def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
     assert abs(ddp_acc - single_acc) <= 0.05, (ddp_acc, single_acc)
 
 
+def test_resume_agrees_when_only_rank_0_has_the_state(prepared, tmp_path):
+    ref = torchrun(prepared, tmp_path / "ref", "--state-per-rank")
+    out = tmp_path / "run"
+    stopped = torchrun(prepared, out, "--state-per-rank", "--stop-after", "1", check=False)
+    assert stopped.returncode != 0
+    assert (out / "state0.pt").exists() and not (out / "state1.pt").exists()
+    assert torch.load(out / "state0.pt", weights_only=True)["epoch"] == 1
+    ranks = torchrun(prepared, out, "--state-per-rank")
+    # both ranks resumed after epoch 1 (rank 1 never saw a file) and ended in step
+    assert [r["epochs_run"] for r in ranks] == [[1, 2], [1, 2]]
+    assert state_hash(ranks[0]["weights"]) == state_hash(ranks[1]["weights"])
+    assert state_hash(ranks[0]["weights"]) == state_hash(ref[0]["weights"])
+    assert ranks[0]["meta"]["final"] == ref[0]["meta"]["final"]
+
+
 def test_stage_launches_torchrun_itself_and_is_deterministic(prepared):
-    port = free_port()
-    set_params(prepared, {"train_lenet": {"epochs": 1, "resume": False, "distributed": {
-        "nproc": 2, "master_port": port}}})
+    set_params(prepared, {"train_lenet": {"epochs": 1, "distributed": {"nproc": 2}},
+                          "runtime": {"resume": False, "master_port": free_port()}})
     hashes = []
     for _ in range(2):
-        proc = run_stage(prepared, "stages/train.py", "lenet")
+        proc = run_script(prepared, "stages/train.py", "lenet")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         meta = json.loads((prepared / "models/lenet/meta.json").read_text())
         assert meta["world_size"] == 2
         hashes.append(weights_hash(prepared / "models/lenet/model.pt"))
+        shutil.rmtree(prepared / "models")
     assert hashes[0] == hashes[1]
 
 
-def test_batch_must_divide_among_ranks(prepared):
-    set_params(prepared, {"train_lenet": {"batch_size": 33, "distributed": {
-        "nproc": 2, "master_port": free_port()}}})
-    proc = run_stage(prepared, "stages/train.py", "lenet")
-    assert proc.returncode != 0
-    assert "train_lenet.batch_size: 33 does not divide among 2 processes" in proc.stderr
+@pytest.mark.parametrize("updates, needles", [
+    ({"batch_size": 33, "distributed": {"nproc": 2}},
+     ["train_lenet.batch_size: 33 does not divide among 2 processes"]),
+    ({"distributed": {"nproc": 2, "backend": "nccl"}, "device": "cpu"},
+     ["train_lenet.distributed.backend: 'nccl' needs CUDA"]),
+])
+def test_launcher_misconfiguration_is_one_line_before_torchrun(prepared, updates, needles):
+    set_params(prepared, {"train_lenet": updates, "runtime": {"master_port": free_port()}})
+    proc = run_script(prepared, "stages/train.py", "lenet")
+    assert_one_line_error(proc, "params.yaml: ", *needles)
+    assert "torch.distributed" not in proc.stderr
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
+def test_nccl_with_device_auto_on_a_cpu_machine(prepared):
+    set_params(prepared, {"train_lenet": {"distributed": {"nproc": 2, "backend": "nccl"},
+                                          "device": "auto"},
+                          "runtime": {"master_port": free_port()}})
+    proc = run_script(prepared, "stages/train.py", "lenet")
+    assert_one_line_error(proc, "'nccl' needs a CUDA device")

@@ -1,11 +1,11 @@
 import shutil
 
 import pytest
-from conftest import run_stage, set_params
 
 from fmnist.common import UserError
 from fmnist.download import download
 from fmnist.params import RAW_FILES, DownloadParams
+from tests.support import run_script, set_params
 
 
 def params(sources, sha, **kw) -> DownloadParams:
@@ -95,7 +95,7 @@ def test_wrong_checksum_falls_through(tmp_path, synthetic, http_server, capsys):
 def test_all_sources_fail_stage_exit(workdir, http_server):
     dead = http_server(workdir / "stages")
     set_params(workdir, {"download": {"sources": [str(workdir / "nope"), dead.url]}})
-    proc = run_stage(workdir, "stages/download.py")
+    proc = run_script(workdir, "stages/download.py")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: train-images-idx3-ubyte.gz: every source failed")
@@ -105,6 +105,97 @@ def test_all_sources_fail_stage_exit(workdir, http_server):
 
 
 def test_stage_success(workdir):
-    proc = run_stage(workdir, "stages/download.py")
+    proc = run_script(workdir, "stages/download.py")
     assert proc.returncode == 0, proc.stderr
     assert leftovers(workdir / "data" / "raw") == sorted(RAW_FILES)
+
+
+def damaged_copy(src, dst, name, at):
+    """A copy of ``src`` in which one byte of ``name``'s gzip stream is flipped at ``at``."""
+    shutil.copytree(src, dst)
+    data = bytearray((dst / name).read_bytes())
+    data[at] ^= 0xFF
+    (dst / name).write_bytes(bytes(data))
+    return dst
+
+
+def test_gzip_damaged_in_the_middle_falls_through_to_the_next_source(
+        tmp_path, synthetic, http_server, capsys):
+    src, sha = synthetic
+    name = RAW_FILES[0]
+    bad = damaged_copy(src, tmp_path / "bad", name, len((src / name).read_bytes()) // 2)
+    server = http_server(bad)
+    used = download(params([server.url, str(src)], sha), tmp_path / "raw")
+    assert used[name] == str(src) and used[RAW_FILES[1]] == server.url
+    err = capsys.readouterr().err
+    assert f"{name}: {server.url}: " in err
+    assert "corrupt gzip stream" in err or "checksum mismatch" in err
+    assert (tmp_path / "raw" / name).read_bytes() == (src / name).read_bytes()
+
+
+def test_only_the_last_file_bad_leaves_nothing(tmp_path, synthetic):
+    src, sha = synthetic
+    bad = damaged_copy(src, tmp_path / "bad", RAW_FILES[-1], -12)
+    out = tmp_path / "raw"
+    with pytest.raises(UserError, match=rf"{RAW_FILES[-1]}: every source failed.*"
+                                        r"nothing was written"):
+        download(params([str(bad)], sha), out)
+    assert not out.exists()
+    assert list(tmp_path.glob(".raw*")) == []  # nothing aside either
+
+
+def test_a_failed_download_keeps_the_previous_folder(tmp_path, synthetic):
+    src, sha = synthetic
+    out = tmp_path / "raw"
+    download(params([str(src)], sha), out)
+    before = {p.name: p.read_bytes() for p in out.iterdir()}
+    bad = damaged_copy(src, tmp_path / "bad", RAW_FILES[-1], -12)
+    with pytest.raises(UserError):
+        download(params([str(bad)], sha), out)
+    assert {p.name: p.read_bytes() for p in out.iterdir()} == before
+
+
+def test_endless_body_is_cut_off_and_falls_through(tmp_path, synthetic, monkeypatch, capsys):
+    import http.server
+    import threading
+
+    import fmnist.download as dl
+
+    class Endless(http.server.BaseHTTPRequestHandler):
+        def do_GET(self):  # noqa: N802
+            self.send_response(200)
+            self.end_headers()  # no Content-Length: a body that never ends
+            try:
+                while True:
+                    self.wfile.write(b"\x1f\x8b" + b"\0" * 65534)
+            except OSError:
+                pass
+
+        def log_message(self, *a):
+            pass
+
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Endless)
+    thread = threading.Thread(target=httpd.serve_forever, daemon=True)
+    thread.start()
+    try:
+        monkeypatch.setattr(dl, "MAX_BYTES", 1 << 20)  # the synthetic files are smaller
+        src, sha = synthetic
+        url = f"http://127.0.0.1:{httpd.server_address[1]}/"
+        used = download(params([url, str(src)], sha), tmp_path / "raw")
+        assert set(used.values()) == {str(src)}
+        err = capsys.readouterr().err
+        assert "more than 1,048,576 bytes" in err or "corrupt gzip" in err
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+
+
+def test_a_body_larger_than_any_fashion_mnist_file_is_refused(tmp_path, synthetic, capsys):
+    src, sha = synthetic
+    huge = tmp_path / "huge"
+    shutil.copytree(src, huge)
+    with open(huge / RAW_FILES[1], "wb") as f:  # 65 MB of zeros, not gzip
+        f.truncate(65 << 20)
+    used = download(params([str(huge), str(src)], sha), tmp_path / "raw")
+    assert used[RAW_FILES[1]] == str(src)
+    assert "more than 67,108,864 bytes" in capsys.readouterr().err

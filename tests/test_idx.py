@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from fmnist.common import UserError
-from fmnist.data import IdxError, load_raw_split, parse_idx, read_idx, write_idx
+from fmnist.idx import IdxError, load_raw_split, parse_idx, read_idx, write_idx
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.int8, np.int16, np.int32, np.float32,

@@ -1,3 +1,4 @@
+import json
 import re
 from itertools import pairwise
 
@@ -12,9 +13,8 @@ from fmnist.models import (
     ReLUMaxPool,
     build_model,
     count_parameters,
-    markdown_table,
 )
-from fmnist.smoke import ROOT
+from tools import ROOT, readme
 
 
 def test_lenet_has_the_write_ups_44426_parameters():
@@ -107,12 +107,30 @@ def test_lrn_gradcheck():
     assert torch.autograd.gradcheck(lambda t: LocalResponseNorm(3, 0.1, 0.75, 1.0)(t), (x,))
 
 
-def test_readme_tables_are_generated_from_the_code():
-    readme = (ROOT / "README.md").read_text()
+def test_readme_tables_are_generated_from_the_code_and_metrics():
+    text = (ROOT / "README.md").read_text()
+    assert readme.render(text, readme.blocks()) == text, \
+        "README.md is out of date: run `python -m tools.readme`"
     for name in REGISTRY:
-        assert markdown_table(name) in readme, f"README's {name} table is out of date: " \
-            f"paste the output of `python -m fmnist.models {name}`"
-    assert re.search(r"\*\*44,426\*\*", readme)
+        assert readme.architecture_table(name) in text
+    assert re.search(r"\*\*44,426\*\*", text)
+
+
+def test_readme_results_table_follows_the_metrics(tmp_path):
+    """The results block changes when a metrics file does: it is generated, not pasted."""
+    for sub in ("metrics/timings", "metrics/curves"):
+        (tmp_path / sub).mkdir(parents=True)
+    metrics = {"trainable_params": 44_426, "epochs": 3, "train": {},
+               "test": {"accuracy": 0.87654, "loss": 0.4321}}
+    (tmp_path / "metrics/lenet.json").write_text(json.dumps(metrics))
+    (tmp_path / "metrics/timings/lenet.json").write_text(
+        json.dumps({"train_seconds": 12.3, "images_per_second": 4567}))
+    (tmp_path / "metrics/curves/lenet.tsv").write_text(
+        "epoch\ttrain_loss\ttrain_accuracy\tval_loss\tval_accuracy\tlr\n"
+        "1\t1\t0.5\t1\t0.81234\t0.1\n")
+    table = readme.results_table(tmp_path)
+    assert "| LeNet-5 | 44,426 | 3 | 0.8123 | **0.8765** | 0.432 | 12 s | 4,567 |" in table
+    assert "AlexNet" not in table  # no metrics, no row
 
 
 def test_dropout_matches_torch_in_distribution():

@@ -1,16 +1,13 @@
 """Bad params end in one line naming the key, exit code 2, and nothing written."""
 
 import pytest
-from conftest import run_stage, set_params
+
+from tests.support import assert_one_line_error as one_line
+from tests.support import run_script, set_params
 
 
 def assert_one_line_error(proc, *needles):
-    assert proc.returncode == 2, proc.stdout + proc.stderr
-    lines = proc.stderr.strip().splitlines()
-    assert len(lines) == 1, proc.stderr
-    assert lines[0].startswith("error: params.yaml: ")
-    for n in needles:
-        assert n in lines[0], lines[0]
+    one_line(proc, *needles, prefix="error: params.yaml: ")
 
 
 def written(workdir):
@@ -35,26 +32,64 @@ def written(workdir):
      ["train_alexnet.arch.dropout"]),
     ("train lenet", {"train_lenet": {"batch_size": 0}}, ["train_lenet.batch_size"]),
     ("evaluate", {"evaluate": {"batch_size": "big"}}, ["evaluate.batch_size"]),
+    # non-finite floats (YAML's .inf / .nan)
+    ("train lenet", {"train_lenet": {"lr": float("inf")}}, ["train_lenet.lr", "finite"]),
+    ("train lenet", {"train_lenet": {"weight_decay": float("inf")}},
+     ["train_lenet.weight_decay", "finite"]),
+    ("train alexnet", {"train_alexnet": {"label_smoothing": float("nan")}},
+     ["train_alexnet.label_smoothing", "finite"]),
+    ("train lenet", {"train_lenet": {"augment": {"erase_area": [0.1, float("nan")]}}},
+     ["train_lenet.augment.erase_area"]),
+    ("download", {"download": {"timeout": float("inf")}}, ["download.timeout"]),
+    # seeds and sizes within what torch, NumPy and scikit-learn accept
+    ("preprocess", {"preprocess": {"seed": -1}}, ["preprocess.seed", "-1"]),
+    ("preprocess", {"preprocess": {"seed": 2**32}}, ["preprocess.seed", "4294967296"]),
+    ("train lenet", {"train_lenet": {"seed": -1}}, ["train_lenet.seed"]),
+    ("train lenet", {"train_lenet": {"seed": 2**64}}, ["train_lenet.seed"]),
+    ("preprocess", {"preprocess": {"val_size": 5}}, ["preprocess.val_size", "one image per class"]),
+    ("train lenet", {"train_lenet": {"epochs": 10**9}}, ["train_lenet.epochs"]),
+    ("train alexnet", {"train_alexnet": {"arch": {"channels": [4, 8, 0]}}},
+     ["train_alexnet.arch.channels"]),
+    ("train alexnet", {"train_alexnet": {"arch": {"fc": 10**9}}}, ["train_alexnet.arch.fc"]),
+    ("train lenet", {"train_lenet": {"arch": {"fc": 10}}}, ["train_lenet.arch.fc", "Extra"]),
+    ("train lenet", {"runtime": {"master_port": 70000}}, ["runtime.master_port"]),
 ])
 def test_bad_value(workdir, stage, updates, needles):
     set_params(workdir, updates)
     script, *args = stage.split()
-    proc = run_stage(workdir, f"stages/{script}.py", *args)
+    proc = run_script(workdir, f"stages/{script}.py", *args)
     assert_one_line_error(proc, *needles)
     assert written(workdir) == []
+
+
+def test_another_params_file_is_named_in_the_error(workdir):
+    other = workdir / "other.yaml"
+    other.write_text((workdir / "params.yaml").read_text())
+    set_params(other, {"train_lenet": {"lr": -1}})
+    proc = run_script(workdir, "stages/train.py", "lenet", "--params", "other.yaml")
+    one_line(proc, "other.yaml: train_lenet.lr", prefix="error: other.yaml: ")
+
+
+def test_unknown_model_is_one_line(workdir):
+    proc = run_script(workdir, "stages/train.py", "resnet")
+    one_line(proc, "unknown model 'resnet'", "lenet")
 
 
 def test_missing_section(workdir):
     text = (workdir / "params.yaml").read_text().replace("preprocess:", "preprocessing:")
     (workdir / "params.yaml").write_text(text)
-    proc = run_stage(workdir, "stages/preprocess.py")
+    proc = run_script(workdir, "stages/preprocess.py")
     assert proc.returncode == 2
     assert "section 'preprocess' is missing" in proc.stderr
 
 
-def test_val_size_too_large(workdir):
-    assert run_stage(workdir, "stages/download.py").returncode == 0
-    set_params(workdir, {"preprocess": {"val_size": 600}})
-    proc = run_stage(workdir, "stages/preprocess.py")
-    assert_one_line_error(proc, "preprocess.val_size", "leaves no training images")
+@pytest.mark.parametrize("val_size, needle", [
+    (600, "leaves no training images"),
+    (595, "leaves 5 training images for 10 classes"),
+])
+def test_val_size_too_large(workdir, val_size, needle):
+    assert run_script(workdir, "stages/download.py").returncode == 0
+    set_params(workdir, {"preprocess": {"val_size": val_size}})
+    proc = run_script(workdir, "stages/preprocess.py")
+    assert_one_line_error(proc, "preprocess.val_size", needle)
     assert not (workdir / "data" / "prepared").exists()

@@ -3,10 +3,11 @@ import json
 import numpy as np
 import pytest
 import torch
-from conftest import file_sha256, run_stage
 
-from fmnist.data import augment_batch, epoch_order, erase_batch, load_split, load_stats, to_input
+from fmnist.batching import augment_batch, epoch_order, erase_batch
+from fmnist.data import load_split, load_stats, to_input
 from fmnist.preprocess import split_validation
+from tests.support import file_sha256, run_script
 
 
 def test_stratified_seeded_split():
@@ -29,8 +30,8 @@ def test_zero_validation():
 
 
 def test_stage_writes_the_store(workdir):
-    assert run_stage(workdir, "stages/download.py").returncode == 0
-    proc = run_stage(workdir, "stages/preprocess.py")
+    assert run_script(workdir, "stages/download.py").returncode == 0
+    proc = run_script(workdir, "stages/preprocess.py")
     assert proc.returncode == 0, proc.stderr
     prepared = workdir / "data" / "prepared"
     train, val, test = (load_split(prepared, s) for s in ("train", "val", "test"))
@@ -47,7 +48,7 @@ def test_stage_writes_the_store(workdir):
     # Run again, the store is the same bytes: DVC sees no change, and nothing downstream
     # re-runs (torch.save to a path would name the zip's folder after a temporary file).
     first = {f.name: file_sha256(f) for f in prepared.iterdir()}
-    assert run_stage(workdir, "stages/preprocess.py").returncode == 0
+    assert run_script(workdir, "stages/preprocess.py").returncode == 0
     assert {f.name: file_sha256(f) for f in prepared.iterdir()} == first
 
 
@@ -96,7 +97,8 @@ def test_erase_batch_puts_one_rectangle_of_noise_in_the_chosen_images():
 
 
 def test_train_batches_draw_nothing_for_augmentations_that_are_off():
-    from fmnist.data import Split, train_batches
+    from fmnist.batching import train_batches
+    from fmnist.data import Split
     from fmnist.params import Augment
     split = Split(torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8),
                   torch.zeros(64, dtype=torch.int64))

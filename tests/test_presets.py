@@ -2,16 +2,18 @@ import pytest
 import yaml
 
 from fmnist.common import UserError
-from fmnist.params import TrainParams, validate
-from fmnist.presets import flatten, load_preset, set_args
-from fmnist.smoke import ROOT, merge
+from fmnist.params import TRAIN_PARAMS, validate
+from tools import ROOT
+from tools.presets import flatten, load_preset, set_args
+from tools.smoke import merge
 
 
 def test_writeup_preset_gives_the_write_ups_settings():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
     merged = merge(params, load_preset("writeup"))
-    for section in ("train_lenet", "train_alexnet"):
-        p = validate(TrainParams, merged[section], section)
+    for name, model in TRAIN_PARAMS.items():
+        section = f"train_{name}"
+        p = validate(model, merged[section], section)
         assert (p.optimizer, p.lr, p.weight_decay, p.batch_size, p.epochs, p.seed) == (
             "adam", 0.001, 0.01, 128, 10, 1)
         assert p.schedule == "constant" and not p.normalize and p.label_smoothing == 0

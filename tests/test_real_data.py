@@ -5,10 +5,10 @@ from pathlib import Path
 
 import pytest
 
-from fmnist.data import load_raw_split
 from fmnist.download import download
+from fmnist.idx import load_raw_split
 from fmnist.params import RAW_FILES, DownloadParams, load_section
-from fmnist.smoke import ROOT
+from tools import ROOT
 
 LOCAL = Path("/usr/share/datasets/fashion-mnist")
 

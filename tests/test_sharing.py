@@ -11,9 +11,9 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import free_port
 
-from fmnist.smoke import run
+from tests.support import free_port
+from tools.smoke import run
 
 pytestmark = pytest.mark.e2e
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
@@ -64,7 +64,7 @@ def test_fresh_clone_pulls_and_reruns_nothing(dvc_repo, tmp_path):
 
 
 def test_project_default_remote_is_outside_the_repo():
-    from fmnist.smoke import ROOT
+    from tools import ROOT
     config = (ROOT / ".dvc" / "config").read_text()
     assert "remote = local" in config
     url = next(line.split("=", 1)[1].strip() for line in config.splitlines()

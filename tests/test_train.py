@@ -1,4 +1,5 @@
 import ctypes
+import io
 import shutil
 import signal
 import subprocess
@@ -6,19 +7,22 @@ import time
 
 import pytest
 import torch
-from conftest import (
+
+from fmnist.checkpoint import load_checkpoint, loss_and_accuracy, predict_logits
+from fmnist.common import UserError
+from fmnist.data import load_split, load_stats
+from fmnist.train import Trainer
+from tests.support import (
     PY,
+    assert_one_line_error,
     file_sha256,
-    run_stage,
+    run_script,
+    run_stages,
     run_train,
     run_train_interrupted,
     set_params,
     weights_hash,
 )
-
-from fmnist.common import UserError
-from fmnist.data import load_split, load_stats
-from fmnist.train import Trainer, load_checkpoint, loss_and_accuracy, predict_logits
 
 
 @pytest.mark.parametrize("name", ["lenet", "alexnet"])
@@ -62,8 +66,14 @@ def test_checkpoint_that_does_not_fit(prepared):
 
 
 def test_fp16_on_cpu_is_refused(prepared):
-    with pytest.raises(UserError, match="amp: 'fp16' needs a CUDA device"):
-        run_train(prepared, "lenet", "a", amp="fp16", device="cpu")
+    # device: cpu is refused when params load, in one line naming the key
+    set_params(prepared, {"train_lenet": {"amp": "fp16", "device": "cpu"}})
+    proc = run_script(prepared, "stages/train.py", "lenet")
+    assert_one_line_error(proc, "train_lenet.amp: 'fp16' needs a CUDA device")
+    # device: auto on a machine without CUDA is refused once the device is known
+    if not torch.cuda.is_available():
+        with pytest.raises(UserError, match="amp: 'fp16' needs a CUDA device"):
+            run_train(prepared, "lenet", "a", amp="fp16", device="auto")
 
 
 # ---------------------------------------------------------------- weight averaging
@@ -132,7 +142,7 @@ def kill_after_first_epoch(wd) -> None:
 
 def test_resume_after_kill_gives_the_uninterrupted_weights(prepared):
     set_params(prepared, {"train_alexnet": SLOW})
-    ref = run_stage(prepared, "stages/train.py", "alexnet")
+    ref = run_script(prepared, "stages/train.py", "alexnet")
     assert ref.returncode == 0, ref.stderr
     ref_hash = weights_hash(prepared / "models/alexnet/model.pt")
     ref_curves = (prepared / "metrics/curves/alexnet.tsv").read_text()
@@ -140,20 +150,18 @@ def test_resume_after_kill_gives_the_uninterrupted_weights(prepared):
     (prepared / "state/alexnet/last.pt").unlink()
 
     kill_after_first_epoch(prepared)
-    proc = run_stage(prepared, "stages/train.py", "alexnet")
+    proc = run_script(prepared, "stages/train.py", "alexnet")
     assert proc.returncode == 0, proc.stderr
     assert "resuming after epoch 1 of 3" in proc.stdout
     assert weights_hash(prepared / "models/alexnet/model.pt") == ref_hash
-    strip = [line.rsplit("\t", 1)[0] for line in ref_curves.splitlines()]  # minus seconds
-    got = (prepared / "metrics/curves/alexnet.tsv").read_text().splitlines()
-    assert [line.rsplit("\t", 1)[0] for line in got] == strip
+    assert (prepared / "metrics/curves/alexnet.tsv").read_text() == ref_curves
 
 
 def test_changed_param_starts_fresh(prepared):
     set_params(prepared, {"train_alexnet": SLOW})
     kill_after_first_epoch(prepared)
     set_params(prepared, {"train_alexnet": {"lr": 0.002}})
-    proc = run_stage(prepared, "stages/train.py", "alexnet")
+    proc = run_script(prepared, "stages/train.py", "alexnet")
     assert proc.returncode == 0, proc.stderr
     assert "made from other params; training from scratch" in proc.stdout
     assert "resuming" not in proc.stdout
@@ -161,16 +169,109 @@ def test_changed_param_starts_fresh(prepared):
 
 def test_resume_false_ignores_state(prepared):
     set_params(prepared, {"train_alexnet": SLOW})
+    ref = run_script(prepared, "stages/train.py", "alexnet")
+    assert ref.returncode == 0, ref.stderr
+    fresh = weights_hash(prepared / "models/alexnet/model.pt")
+    shutil.rmtree(prepared / "models")
+    # A state that *would* be resumed (same fingerprint, after epoch 1), with weights
+    # edited so that resuming it gives other final weights: resume: false must not use it.
+    state_path = prepared / "state/alexnet/last.pt"
+    state_path.unlink()
     kill_after_first_epoch(prepared)
-    set_params(prepared, {"train_alexnet": {"resume": False}})
-    proc = run_stage(prepared, "stages/train.py", "alexnet")
+    state = torch.load(state_path, weights_only=True)
+    state["model"] = {k: v * 0.5 for k, v in state["model"].items()}
+    torch.save(state, state_path)
+    set_params(prepared, {"runtime": {"resume": False}})
+    proc = run_script(prepared, "stages/train.py", "alexnet")
     assert proc.returncode == 0 and "resuming" not in proc.stdout
+    assert weights_hash(prepared / "models/alexnet/model.pt") == fresh
+    # and the same state with resume: true is resumed (so the edit above matters)
+    set_params(prepared, {"runtime": {"resume": True}})
+    torch.save(state, state_path)
+    shutil.rmtree(prepared / "models")
+    proc = run_script(prepared, "stages/train.py", "alexnet")
+    assert proc.returncode == 0, proc.stderr
+    assert "resuming after epoch 1 of 3" in proc.stdout
+    assert weights_hash(prepared / "models/alexnet/model.pt") != fresh
+
+
+def test_inconsistent_state_is_ignored(prepared):
+    """A state whose fingerprint fits but whose content does not (here: an epoch count
+    that disagrees with its scheduler) starts from scratch instead of failing later."""
+    run_stages(prepared, "train lenet")
+    fresh = weights_hash(prepared / "models/lenet/model.pt")
+    state_path = prepared / "state/lenet/last.pt"
+    state = torch.load(state_path, weights_only=True)
+    state["epoch"] = 0 if state["epoch"] > 0 else 1
+    torch.save(state, state_path)
+    shutil.rmtree(prepared / "models")
+    proc = run_script(prepared, "stages/train.py", "lenet")
+    assert proc.returncode == 0, proc.stderr
+    assert "warning: lenet:" in proc.stdout and "training from scratch" in proc.stdout
+    assert weights_hash(prepared / "models/lenet/model.pt") == fresh
+
+
+class _RunsCode:
+    def __reduce__(self):
+        return (print, ("pickled code ran",))
+
+
+BAD_STATES = {
+    "truncated": lambda good: good[: len(good) // 2],
+    "empty": lambda good: b"",
+    "not a dict": lambda good: _saved([1, 2, 3]),
+    "runs code": lambda good: _saved({"x": _RunsCode()}),
+}
+
+
+def _saved(obj) -> bytes:
+    buf = io.BytesIO()
+    torch.save(obj, buf)
+    return buf.getvalue()
+
+
+@pytest.mark.parametrize("kind", sorted(BAD_STATES))
+def test_unreadable_state_is_ignored_and_replaced(prepared, kind):
+    ref = run_script(prepared, "stages/train.py", "lenet")
+    assert ref.returncode == 0, ref.stderr
+    fresh = weights_hash(prepared / "models/lenet/model.pt")
+    state_path = prepared / "state/lenet/last.pt"
+    state_path.write_bytes(BAD_STATES[kind](state_path.read_bytes()))
+    shutil.rmtree(prepared / "models")
+    proc = run_script(prepared, "stages/train.py", "lenet")
+    assert proc.returncode == 0, proc.stderr
+    assert "pickled code ran" not in proc.stdout + proc.stderr
+    warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
+    assert len(warnings) == 1 and "training from scratch" in warnings[0], proc.stdout
+    assert "Traceback" not in proc.stderr
+    assert weights_hash(prepared / "models/lenet/model.pt") == fresh
+    assert torch.load(state_path, weights_only=True)["epoch"] == 1  # replaced by a good one
+
+
+# ---------------------------------------------------------------- non-finite training
+
+
+def test_non_finite_loss_stops_at_once_and_writes_no_model(prepared, monkeypatch):
+    step = Trainer.step
+    calls = []
+
+    def poisoned(self, x, y):
+        loss, logits = step(self, x, y)
+        calls.append(1)
+        return (loss * float("nan") if len(calls) == 3 else loss), logits
+
+    monkeypatch.setattr(Trainer, "step", poisoned)
+    with pytest.raises(UserError, match=r"lenet: the training loss became nan in epoch 1, "
+                                        r"by step 3; stopped, nothing written.*lr"):
+        run_train(prepared, "lenet", "a", epochs=2)
+    assert len(calls) == 3  # at once: no step after the bad one
+    assert not (prepared / "a/model").exists()
 
 
 MALLOC_PROBE = """
 import ctypes, sys
 import torch
-from fmnist.train import keep_freed_memory
+from fmnist.runtime import keep_freed_memory
 
 class MallInfo2(ctypes.Structure):
     _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks",

@@ -1,16 +1,21 @@
-"""Fetch the four Fashion-MNIST files from an ordered list of sources, verified and atomic.
+"""Fetch the four Fashion-MNIST files from an ordered list of sources, verified, all or none.
 
 Each file is tried against every source in order: a local directory, a ``file://`` URL or
 an ``http(s)://`` URL. A file is accepted only when the SHA-256 of its *decompressed*
 bytes matches params (re-compressed mirrors such as Debian's package pass, corrupt or
-truncated copies do not), and it reaches the output directory by an atomic rename.
+truncated copies do not). Every byte is streamed: read, decompressed and hashed in
+chunks, with a cap on what is read, so a damaged or endless source costs a bounded
+amount of memory and time and falls through to the next source. ``data/raw`` is built
+aside and put in place only when all four files verify.
 """
 
 from __future__ import annotations
 
+import hashlib
 import os
-import shutil
 import sys
+import zlib
+from collections.abc import Iterator
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
@@ -19,11 +24,13 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
 
-from fmnist.common import UserError, atomic_path
-from fmnist.data import IdxError, sha256_content
+from fmnist.common import UserError, atomic_dir
+from fmnist.idx import GZIP_MAGIC
 from fmnist.params import RAW_FILES, DownloadParams
 
 CHUNK = 1 << 16
+# No Fashion-MNIST file is larger than 47,040,016 bytes, compressed or not.
+MAX_BYTES = 64 << 20
 
 
 class SourceError(Exception):
@@ -49,80 +56,131 @@ def http_session(retries: int, backoff: float) -> requests.Session:
     return session
 
 
-def _copy_local(src: Path, tmp: Path) -> None:
+def _local_chunks(src: Path) -> Iterator[bytes]:
     if not src.is_file():
         raise SourceError(f"{src} not found")
     try:
-        shutil.copyfile(src, tmp)
+        with open(src, "rb") as f:
+            yield from iter(lambda: f.read(CHUNK), b"")
     except OSError as exc:
         raise SourceError(f"cannot read {src}: {exc.strerror or exc}") from None
 
 
-def _copy_http(url: str, tmp: Path, session: requests.Session, timeout: float) -> None:
+def _http_chunks(url: str, session: requests.Session, timeout: float) -> Iterator[bytes]:
     try:
         with session.get(url, stream=True, timeout=(timeout, timeout)) as resp:
             if resp.status_code != 200:
                 raise SourceError(f"HTTP {resp.status_code} {resp.reason}")
-            total = int(resp.headers.get("Content-Length", 0)) or None
-            with open(tmp, "wb") as f, tqdm(total=total, unit="B", unit_scale=True,
-                                            unit_divisor=1024, desc=Path(url).name,
-                                            leave=False, disable=None) as bar:
+            length = int(resp.headers.get("Content-Length") or 0)
+            if length > MAX_BYTES:
+                raise SourceError(f"announces {length:,} bytes, more than any "
+                                  f"Fashion-MNIST file ({MAX_BYTES:,})")
+            with tqdm(total=length or None, unit="B", unit_scale=True, unit_divisor=1024,
+                      desc=Path(url).name, leave=False, disable=None) as bar:
                 for chunk in resp.iter_content(CHUNK):
-                    f.write(chunk)
                     bar.update(len(chunk))
+                    yield chunk
     except requests.exceptions.Timeout:
         raise SourceError(f"timed out after {timeout:g} s") from None
     except requests.exceptions.RetryError as exc:
         raise SourceError(f"gave up after retries ({exc})") from None
     except requests.exceptions.ConnectionError as exc:
-        raise SourceError(f"unreachable ({type(exc).__name__})") from None
+        raise SourceError(f"unreachable or cut off ({type(exc).__name__})") from None
     except requests.exceptions.RequestException as exc:
-        raise SourceError(f"request failed ({exc})") from None
+        raise SourceError(f"request failed ({type(exc).__name__})") from None
 
 
-def fetch_one(source: str, name: str, tmp: Path, session: requests.Session,
-              timeout: float) -> None:
-    """Copy ``name`` from ``source`` into ``tmp`` (not yet verified)."""
+def source_chunks(source: str, name: str, session: requests.Session,
+                  timeout: float) -> Iterator[bytes]:
+    """The raw bytes of ``name`` at ``source``, in chunks."""
     parsed = urlparse(source)
     if parsed.scheme in ("http", "https"):
-        _copy_http(urljoin(source.rstrip("/") + "/", name), tmp, session, timeout)
-    elif parsed.scheme == "file":
-        _copy_local(Path(unquote(parsed.path)) / name, tmp)
-    else:
-        _copy_local(Path(source) / name, tmp)
+        return _http_chunks(urljoin(source.rstrip("/") + "/", name), session, timeout)
+    if parsed.scheme == "file":
+        return _local_chunks(Path(unquote(parsed.path)) / name)
+    return _local_chunks(Path(source) / name)
 
 
-def verify(path: Path, expected: str) -> None:
-    try:
-        digest = sha256_content(path)
-    except IdxError as exc:
-        raise SourceError(str(exc).split(": ", 1)[-1]) from None
+class ContentHash:
+    """SHA-256 of a file's content, decompressing gzip (by magic) as the bytes arrive,
+    and refusing more than ``MAX_BYTES`` either side of the decompression."""
+
+    def __init__(self) -> None:
+        self.sha = hashlib.sha256()
+        self.raw = self.out = 0
+        self.gzip: bool | None = None
+        self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def update(self, chunk: bytes) -> None:
+        self.raw += len(chunk)
+        if self.raw > MAX_BYTES:
+            raise SourceError(f"more than {MAX_BYTES:,} bytes: not a Fashion-MNIST file")
+        if self.gzip is None:
+            self.gzip = chunk[:2] == GZIP_MAGIC
+        if not self.gzip:
+            self._emit(chunk)
+            return
+        data = chunk
+        while data:
+            try:
+                out = self.inflate.decompress(data, MAX_BYTES - self.out + 1)
+            except zlib.error as exc:
+                raise SourceError(f"corrupt gzip stream ({exc})") from None
+            self._emit(out)
+            data = self.inflate.unconsumed_tail
+            if self.inflate.eof and self.inflate.unused_data:  # a further gzip member
+                data = self.inflate.unused_data + data
+                self.inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+
+    def _emit(self, data: bytes) -> None:
+        self.out += len(data)
+        if self.out > MAX_BYTES:
+            raise SourceError(f"decompresses to more than {MAX_BYTES:,} bytes")
+        self.sha.update(data)
+
+    def hexdigest(self) -> str:
+        if self.gzip and not self.inflate.eof:
+            raise SourceError("truncated gzip stream")
+        return self.sha.hexdigest()
+
+
+def fetch_verified(source: str, name: str, dest: Path, session: requests.Session,
+                   params: DownloadParams) -> None:
+    """Copy ``name`` from ``source`` to ``dest`` and verify it; SourceError otherwise."""
+    content = ContentHash()
+    with open(dest, "wb") as f:
+        for chunk in source_chunks(source, name, session, params.timeout):
+            content.update(chunk)
+            f.write(chunk)
+    if content.raw == 0:
+        raise SourceError("empty file")
+    digest, expected = content.hexdigest(), params.sha256[name]
     if digest != expected:
         raise SourceError(f"checksum mismatch (sha256 {digest[:12]}…, "
                           f"expected {expected[:12]}…)")
 
 
 def download(params: DownloadParams, out_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """Fetch every raw file into ``out_dir``; return file name -> the source it came from."""
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
+    """Fetch every raw file into ``out_dir`` (all four, or none); return file name ->
+    the source it came from."""
     session = http_session(params.retries, params.backoff)
     used: dict[str, str] = {}
-    for name in RAW_FILES:
-        failures = []
-        for source in params.sources:
-            try:
-                with atomic_path(out / name) as tmp:
-                    fetch_one(source, name, tmp, session, params.timeout)
-                    verify(tmp, params.sha256[name])
-            except SourceError as reason:
-                failures.append((source, str(reason)))
-                print(f"{name}: {source}: {reason}; trying the next source", file=sys.stderr)
-                continue
-            used[name] = source
-            print(f"{name}: ok from {source}")
-            break
-        else:
-            listing = "; ".join(f"{src}: {why}" for src, why in failures)
-            raise UserError(f"{name}: every source failed: {listing}")
+    with atomic_dir(out_dir) as tmp:
+        for name in RAW_FILES:
+            failures = []
+            for source in params.sources:
+                try:
+                    fetch_verified(source, name, tmp / name, session, params)
+                except SourceError as reason:
+                    (tmp / name).unlink(missing_ok=True)
+                    failures.append(f"{source}: {reason}")
+                    print(f"{name}: {source}: {reason}; trying the next source",
+                          file=sys.stderr)
+                    continue
+                used[name] = source
+                print(f"{name}: ok from {source}")
+                break
+            else:
+                raise UserError(f"{name}: every source failed ({'; '.join(failures)}); "
+                                f"nothing was written to {out_dir}")
     return used

@@ -22,10 +22,11 @@ from sklearn.metrics import (
 )
 
 from fmnist import CLASSES
+from fmnist.checkpoint import load_checkpoint, predict_logits
 from fmnist.common import write_json, write_text
 from fmnist.data import Split, Stats, load_split
 from fmnist.params import EvaluateParams
-from fmnist.train import load_checkpoint, predict_logits, resolve_device
+from fmnist.runtime import resolve_device
 
 LABELS = list(range(len(CLASSES)))
 
@@ -64,10 +65,27 @@ def write_confusion_csv(path: Path, labels: np.ndarray, pred: np.ndarray) -> Non
     write_text(path, buf.getvalue())
 
 
-def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateParams,
-                   out: Path, device: torch.device) -> dict[str, Any]:
+def write_figures(name: str, title: str, cm: np.ndarray, test: Split, probs: np.ndarray,
+                  params: EvaluateParams, out: Path) -> list[str]:
+    """The PNGs of one model; returns which were written (file names in figures/)."""
     from fmnist import figures
 
+    fig_dir, written = out / "figures", [f"{name}_confusion.png"]
+    figures.confusion_heatmap(cm, f"{title}: confusion (test)", fig_dir / written[0])
+    if params.misclassified:
+        written.append(f"{name}_misclassified.png")
+        figures.misclassified_grid(test.images.numpy(), test.labels.numpy(), probs,
+                                   params.misclassified, f"{title}: most confident mistakes",
+                                   fig_dir / written[-1])
+    curves = out / "curves" / f"{name}.tsv"
+    if curves.exists() and figures.training_curves(curves, title,
+                                                   fig_dir / f"{name}_curves.png"):
+        written.append(f"{name}_curves.png")
+    return written
+
+
+def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateParams,
+                   out: Path, device: torch.device) -> dict[str, Any]:
     model, meta = load_checkpoint(model_dir, f"train-{name}")
     train, test = load_split(prepared, "train"), load_split(prepared, "test")
     train_probs = probabilities(model, train, meta, params, device)
@@ -79,26 +97,16 @@ def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateP
     cm = confusion_matrix(y_test, pred, labels=LABELS)
 
     write_confusion_csv(out / "confusion" / f"{name}.csv", y_test, pred)
-    fig_dir = out / "figures"
-    figures.confusion_heatmap(cm, f"{meta['title']}: confusion (test)",
-                              fig_dir / f"{name}_confusion.png")
-    figures.misclassified_grid(test.images.numpy(), y_test, test_probs, params.misclassified,
-                               f"{meta['title']}: most confident mistakes",
-                               fig_dir / f"{name}_misclassified.png")
-    curves = out / "curves" / f"{name}.tsv"
-    if curves.exists():
-        figures.training_curves(curves, meta["title"], fig_dir / f"{name}_curves.png")
-
+    figures_written = write_figures(name, meta["title"], cm, test, test_probs, params, out)
     metrics = {
         "trainable_params": meta["trainable_params"],
-        "train_seconds": meta["train_seconds"],
-        "train_images_per_second": meta["images_per_second"],
         "epochs": meta["epochs"],
         "train": {"loss": train_scores["loss"], "accuracy": train_scores["accuracy"]},
         "test": test_scores,
     }
     write_json(out / f"{name}.json", metrics)
-    return {"name": name, "meta": meta, "metrics": metrics, "confusion": cm.tolist()}
+    return {"name": name, "meta": meta, "metrics": metrics, "confusion": cm.tolist(),
+            "figures": figures_written}
 
 
 def evaluate(models: list[str], params: EvaluateParams, prepared: str | Path = "data/prepared",

@@ -47,10 +47,11 @@ def read_curves(path: Path) -> dict[str, list[float]]:
     return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
 
 
-def training_curves(tsv: Path, title: str, path: Path) -> None:
+def training_curves(tsv: Path, title: str, path: Path) -> bool:
+    """Loss and accuracy per epoch; False (and no file) where the curves are empty."""
     c = read_curves(tsv)
     if not c:
-        return
+        return False
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, what in ((ax1, "loss"), (ax2, "accuracy")):
         ax.plot(c["epoch"], c[f"train_{what}"], marker="o", label="train")
@@ -61,6 +62,7 @@ def training_curves(tsv: Path, title: str, path: Path) -> None:
         ax.legend()
     fig.suptitle(title)
     _save(fig, path)
+    return True
 
 
 def misclassified_grid(images: np.ndarray, labels: np.ndarray, probs: np.ndarray, n: int,

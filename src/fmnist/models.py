@@ -1,18 +1,17 @@
-"""LeNet-5, the scaled-down AlexNet, the name -> builder registry, and architecture tables."""
+"""LeNet-5, the scaled-down AlexNet, their layers, and the name -> model registry."""
 
 from __future__ import annotations
 
-import argparse
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch
-from pydantic import BaseModel, Field, field_validator
 from torch import nn
 
 from fmnist.common import UserError
-from fmnist.params import Strict, validate
+from fmnist.params import AlexNetArch, LeNetArch, Strict, validate
 
 NUM_CLASSES = 10
 INPUT_SHAPE = (1, 28, 28)
@@ -124,10 +123,6 @@ class ReLUMaxPool(nn.Module):
 # ---------------------------------------------------------------- the models
 
 
-class LeNetArch(Strict):
-    """LeNet-5 as in the write-up has nothing to tune: its 44,426 parameters are fixed."""
-
-
 class LeNet5(nn.Module):
     def __init__(self, arch: LeNetArch | None = None):
         super().__init__()
@@ -144,21 +139,6 @@ class LeNet5(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.features(x))
-
-
-class AlexNetArch(Strict):
-    channels: list[int] = Field(default=[16, 64, 128, 128, 128], min_length=3)
-    fc: int = Field(default=4096, ge=1)
-    dropout: float = Field(default=0.5, ge=0, lt=1)
-    lrn: bool = True
-    lrn_size: int = Field(default=5, ge=1)
-
-    @field_validator("channels")
-    @classmethod
-    def _positive(cls, v: list[int]) -> list[int]:
-        if any(c < 1 for c in v):
-            raise ValueError("every channel width must be >= 1")
-        return v
 
 
 class AlexNetSmall(nn.Module):
@@ -201,7 +181,7 @@ class AlexNetSmall(nn.Module):
 
 @dataclass(frozen=True)
 class Spec:
-    arch: type[BaseModel]
+    arch: type[Strict]
     build: Callable[[Any], nn.Module]
     title: str
 
@@ -219,70 +199,15 @@ def spec(name: str) -> Spec:
         raise UserError(f"unknown model {name!r} (known: {', '.join(REGISTRY)})") from None
 
 
-def build_model(name: str, arch: dict[str, Any] | None = None,
-                where: str | None = None) -> nn.Module:
-    """Build model ``name`` from its ``arch`` params (validated; errors name ``where``)."""
+def build_model(name: str, arch: Strict | dict[str, Any] | None = None,
+                where: str | None = None, source: str | Path = "params.yaml") -> nn.Module:
+    """Build model ``name`` from its ``arch`` (a typed arch, or a dict that is validated:
+    errors name the file ``source`` and the key ``where``)."""
     s = spec(name)
-    return s.build(validate(s.arch, arch or {}, where or f"{name}.arch"))
+    if not isinstance(arch, s.arch):
+        arch = validate(s.arch, arch or {}, where or f"{name}.arch", source)
+    return s.build(arch)
 
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
-
-
-def describe(mod: nn.Module) -> str:
-    """A short label for a layer, as the write-up's tables name them."""
-    if isinstance(mod, nn.Conv2d):
-        k, p = mod.kernel_size[0], mod.padding[0]
-        return f"Conv {k}x{k}, {mod.in_channels}->{mod.out_channels}" + (f", pad {p}" if p else "")
-    if isinstance(mod, nn.MaxPool2d):
-        return f"MaxPool {mod.kernel_size}"
-    if isinstance(mod, nn.Linear):
-        return f"Dense {mod.in_features}->{mod.out_features}"
-    if isinstance(mod, nn.Dropout | Dropout):
-        return f"Dropout {mod.p:g}"
-    if isinstance(mod, LocalResponseNorm):
-        return f"LRN size {mod.size}"
-    if isinstance(mod, ReLUMaxPool):
-        return f"ReLU + MaxPool {mod.kernel_size}"
-    return type(mod).__name__
-
-
-def summary(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
-    """(layer, output shape, trainable parameters) for each leaf module, in call order."""
-    rows: list[tuple[str, tuple[int, ...], int]] = []
-    hooks = []
-    for module in model.modules():
-        if len(list(module.children())) == 0:
-            def hook(mod, _inp, out):
-                rows.append((describe(mod), tuple(out.shape[1:]), count_parameters(mod)))
-            hooks.append(module.register_forward_hook(hook))
-    was_training = model.training
-    model.eval()
-    with torch.no_grad():
-        model(torch.zeros(1, *INPUT_SHAPE))
-    model.train(was_training)
-    for h in hooks:
-        h.remove()
-    return rows
-
-
-def markdown_table(name: str, arch: dict[str, Any] | None = None) -> str:
-    model = build_model(name, arch)
-    lines = [f"**{spec(name).title}** (input {'x'.join(map(str, INPUT_SHAPE))})", "",
-             "| # | Layer | Output shape | Parameters |", "|---:|---|---|---:|"]
-    for i, (label, shape, n) in enumerate(summary(model), 1):
-        lines.append(f"| {i} | `{label}` | {'x'.join(map(str, shape))} | {n:,} |")
-    lines.append(f"| | **Total trainable** | | **{count_parameters(model):,}** |")
-    return "\n".join(lines)
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description="Print the architecture tables.")
-    parser.add_argument("models", nargs="*", default=list(REGISTRY))
-    args = parser.parse_args()
-    print("\n\n".join(markdown_table(m) for m in args.models))
-
-
-if __name__ == "__main__":
-    main()

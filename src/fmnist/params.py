@@ -1,8 +1,13 @@
 """Typed, validated views of ``params.yaml``: one model per stage section.
 
 Each stage reads only its own section and validates it before writing anything, so a
-bad value ends in one line that names the key, e.g.
+bad value ends in one line that names the file and the key, e.g.
 ``params.yaml: train_lenet.lr: Input should be greater than 0 (got -0.1)``.
+
+Two kinds of keys: those that can change a stage's outputs (``dvc.yaml`` lists them as
+params deps, so editing one re-runs the stage), and run-time settings that only say
+*how* a run is executed (the ``runtime`` section, and the download's timeout, retries
+and backoff): no stage lists those, so editing them re-runs nothing.
 """
 
 from __future__ import annotations
@@ -13,18 +18,29 @@ from typing import Any, Literal, TypeVar
 from urllib.parse import urlparse
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import (
+    BaseModel,
+    ConfigDict,
+    Field,
+    ValidationError,
+    field_validator,
+    model_validator,
+)
 
 from fmnist.common import UserError
 
 PARAMS_FILE = "params.yaml"
 M = TypeVar("M", bound=BaseModel)
 
+# Seeds reach torch (< 2**64), NumPy and scikit-learn (both < 2**32): the common range.
+SEED_MAX = 2**32 - 1
+TRAIN_IMAGES, NUM_CLASSES = 60_000, 10
+
 
 class Strict(BaseModel):
-    """Unknown keys are errors: a typo in params.yaml must not be silently ignored."""
+    """Unknown keys are errors, and so are inf/nan: a typo must not be silently ignored."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
 
 
 RAW_FILES = (
@@ -37,7 +53,7 @@ RAW_FILES = (
 
 class DownloadParams(Strict):
     sources: list[str] = Field(min_length=1)
-    timeout: float = Field(gt=0, description="connect and read timeout, seconds")
+    timeout: float = Field(gt=0, le=3600, description="connect and read timeout, seconds")
     retries: int = Field(ge=0, le=10)
     backoff: float = Field(ge=0, le=60)
     sha256: dict[str, str]
@@ -66,8 +82,17 @@ class DownloadParams(Strict):
 
 
 class PreprocessParams(Strict):
-    val_size: int = Field(ge=0, description="images held out of the training split")
-    seed: int
+    val_size: int = Field(ge=0, lt=TRAIN_IMAGES,
+                          description="images held out of the training split")
+    seed: int = Field(ge=0, le=SEED_MAX)
+
+    @field_validator("val_size")
+    @classmethod
+    def _every_class_on_both_sides(cls, v: int) -> int:
+        # A stratified split needs at least one image per class on each side.
+        if 0 < v < NUM_CLASSES:
+            raise ValueError(f"must be 0 or at least {NUM_CLASSES} (one image per class)")
+        return v
 
 
 class Augment(Strict):
@@ -90,27 +115,58 @@ class Augment(Strict):
     @classmethod
     def _ratio(cls, v: tuple[float, float]) -> tuple[float, float]:
         lo, hi = v
-        if not 0 < lo <= hi:
-            raise ValueError("needs 0 < low <= high")
+        if not 0 < lo <= hi <= 1000:
+            raise ValueError("needs 0 < low <= high <= 1000")
         return v
 
 
 class Distributed(Strict):
+    """The shape of a distributed run (it changes the results). Where its processes
+    meet (address, port, node rank) is run-time only: see ``RuntimeParams``."""
+
     nproc: int = Field(ge=1, le=1024, description="processes per node; 1 = no torchrun")
-    nnodes: int = Field(ge=1)
-    node_rank: int = Field(ge=0)
-    master_addr: str
-    master_port: int = Field(ge=1, le=65535)
+    nnodes: int = Field(ge=1, le=4096)
     backend: Literal["auto", "gloo", "nccl"]
+
+    @property
+    def world(self) -> int:
+        return self.nproc * self.nnodes
+
+
+# ---------------------------------------------------------------- architectures
+
+
+class LeNetArch(Strict):
+    """LeNet-5 as in the write-up has nothing to tune: its 44,426 parameters are fixed."""
+
+
+class AlexNetArch(Strict):
+    channels: list[int] = Field(default=[16, 64, 128, 128, 128], min_length=3, max_length=16)
+    fc: int = Field(default=4096, ge=1, le=65536)
+    dropout: float = Field(default=0.5, ge=0, lt=1)
+    lrn: bool = True
+    lrn_size: int = Field(default=5, ge=1, le=64)
+
+    @field_validator("channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= c <= 4096 for c in v):
+            raise ValueError("every channel width must be between 1 and 4096")
+        return v
+
+
+# ---------------------------------------------------------------- training
 
 
 class TrainParams(Strict):
-    arch: dict[str, Any] = Field(default_factory=dict)
-    epochs: int = Field(ge=1)
-    batch_size: int = Field(ge=1)
+    """One model's training section; the subclasses below type its ``arch``."""
+
+    arch: Strict
+    epochs: int = Field(ge=1, le=10_000)
+    batch_size: int = Field(ge=1, le=TRAIN_IMAGES)
     optimizer: Literal["adam", "adamw", "sgd"]
-    lr: float = Field(gt=0)
-    weight_decay: float = Field(ge=0)
+    lr: float = Field(gt=0, le=10)
+    weight_decay: float = Field(ge=0, le=10)
     momentum: float = Field(ge=0, lt=1)
     schedule: Literal["onecycle", "cosine", "constant"]
     warmup: float = Field(ge=0, lt=1, description="fraction of steps spent warming up")
@@ -118,19 +174,63 @@ class TrainParams(Strict):
     ema: float = Field(ge=0, lt=1, description="decay of the weights' moving average; 0 = off")
     normalize: bool
     augment: Augment
-    seed: int
+    seed: int = Field(ge=0, le=SEED_MAX)
     device: Literal["auto", "cpu", "cuda", "mps"]
     amp: Literal["none", "bf16", "fp16"]  # not "off": YAML 1.1 reads that as false
-    threads: int = Field(ge=0, description="CPU threads; 0 = torch's default")
-    resume: bool
-    eval_batch_size: int = Field(ge=1)
+    threads: int = Field(ge=0, le=1024, description="CPU threads; 0 = torch's default")
+    eval_batch_size: int = Field(ge=1, le=100_000)
     distributed: Distributed
+
+    @model_validator(mode="after")
+    def _consistent(self) -> TrainParams:
+        d = self.distributed
+        if self.batch_size % d.world:
+            raise ValueError(f"batch_size: {self.batch_size} does not divide among "
+                             f"{d.world} processes (distributed.nproc x nnodes)")
+        if d.backend == "nccl" and self.device in ("cpu", "mps"):
+            raise ValueError(f"distributed.backend: 'nccl' needs CUDA, but device is "
+                             f"'{self.device}'; use 'gloo' or 'auto'")
+        if self.amp == "fp16" and self.device in ("cpu", "mps"):
+            raise ValueError(f"amp: 'fp16' needs a CUDA device, but device is "
+                             f"'{self.device}'; use 'bf16' or 'none'")
+        return self
+
+
+class LeNetTrainParams(TrainParams):
+    arch: LeNetArch = Field(default_factory=LeNetArch)
+
+
+class AlexNetTrainParams(TrainParams):
+    arch: AlexNetArch = Field(default_factory=AlexNetArch)
+
+
+TRAIN_PARAMS: dict[str, type[TrainParams]] = {
+    "lenet": LeNetTrainParams,
+    "alexnet": AlexNetTrainParams,
+}
+
+
+class RuntimeParams(Strict):
+    """How a run is executed, never what it computes: no stage lists this section."""
+
+    resume: bool = True
+    master_addr: str = "127.0.0.1"
+    master_port: int = Field(29500, ge=1, le=65535)
+    node_rank: int = Field(0, ge=0)
 
 
 class EvaluateParams(Strict):
-    batch_size: int = Field(ge=1)
+    batch_size: int = Field(ge=1, le=100_000)
     misclassified: int = Field(ge=0, le=100, description="images in the error grid")
     device: Literal["auto", "cpu", "cuda", "mps"]
+
+
+# ---------------------------------------------------------------- loading
+
+
+def _short(value: Any) -> str:
+    text = repr(value)
+    return text if len(text) <= 80 else text[:77] + "..."
 
 
 def format_error(where: str, err: ValidationError) -> str:
@@ -138,19 +238,22 @@ def format_error(where: str, err: ValidationError) -> str:
     for e in err.errors():
         loc = ".".join(str(p) for p in (where, *e["loc"]) if p != "")
         msg = e["msg"].removeprefix("Value error, ")
-        if e["type"] in ("missing", "extra_forbidden"):
+        if not e["loc"] and e["type"] == "value_error":
+            parts.append(f"{where}.{msg}")  # a cross-field check: the message names its key
+        elif e["type"] in ("missing", "extra_forbidden"):
             parts.append(f"{loc}: {msg}")
         else:
-            parts.append(f"{loc}: {msg} (got {e['input']!r})")
+            parts.append(f"{loc}: {msg} (got {_short(e['input'])})")
     return "; ".join(parts)
 
 
-def validate(model: type[M], data: Any, where: str) -> M:
-    """Validate ``data`` against ``model``; raise a one-line UserError naming the key."""
+def validate(model: type[M], data: Any, where: str, source: str | Path = PARAMS_FILE) -> M:
+    """Validate ``data`` against ``model``; raise a one-line UserError naming the file
+    (``source``) and the key (``where``)."""
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise UserError(f"{PARAMS_FILE}: {format_error(where, err)}") from None
+        raise UserError(f"{source}: {format_error(where, err)}") from None
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
@@ -159,16 +262,37 @@ def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} not found: run from the project root") from None
-    except yaml.YAMLError as exc:
+    except (yaml.YAMLError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
     if not isinstance(data, dict):
         raise UserError(f"{path} must hold a mapping of stage sections")
     return data
 
 
-def load_section(section: str, model: type[M], path: str | Path = PARAMS_FILE) -> M:
-    """Read one stage's section of ``params.yaml`` and validate it."""
+def load_section(section: str, model: type[M], path: str | Path = PARAMS_FILE,
+                 required: bool = True) -> M:
+    """Read one stage's section of ``path`` and validate it (an absent optional section
+    takes the model's defaults)."""
     data = read_params(path)
     if section not in data:
-        raise UserError(f"{path}: section '{section}' is missing")
-    return validate(model, data[section], section)
+        if required:
+            raise UserError(f"{path}: section '{section}' is missing")
+        data[section] = {}
+    return validate(model, data[section], section, path)
+
+
+def train_params(name: str) -> type[TrainParams]:
+    try:
+        return TRAIN_PARAMS[name]
+    except KeyError:
+        raise UserError(f"unknown model {name!r} (known: {', '.join(TRAIN_PARAMS)})") from None
+
+
+def load_train(name: str, path: str | Path = PARAMS_FILE) -> TrainParams:
+    """The ``train_NAME`` section, its ``arch`` typed for that model."""
+    return load_section(f"train_{name}", train_params(name), path)
+
+
+def load_runtime(path: str | Path = PARAMS_FILE) -> RuntimeParams:
+    return load_section("runtime", RuntimeParams, path, required=False)
+

@@ -8,19 +8,29 @@ import numpy as np
 from sklearn.model_selection import train_test_split
 
 from fmnist.common import UserError
-from fmnist.data import load_raw_split, write_prepared
+from fmnist.data import write_prepared
+from fmnist.idx import load_raw_split
 from fmnist.params import PreprocessParams
 
 
-def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int,
-                     seed: int) -> tuple[tuple[np.ndarray, np.ndarray],
-                                         tuple[np.ndarray, np.ndarray]]:
-    """Hold out a seeded, class-stratified validation set of ``val_size`` images."""
+def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed: int,
+                     source: str | Path = "params.yaml") -> tuple[
+                         tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
+    """Hold out a seeded, class-stratified validation set of ``val_size`` images; both
+    sides keep at least one image of every class."""
     if val_size == 0:
         return (images, labels), (images[:0], labels[:0])
+    key = f"{source}: preprocess.val_size: {val_size}"
     if val_size >= len(labels):
-        raise UserError(f"params.yaml: preprocess.val_size: {val_size} leaves no training "
-                        f"images (the training split has {len(labels)})")
+        raise UserError(f"{key} leaves no training images (the training split has "
+                        f"{len(labels)})")
+    n_classes = len(np.unique(labels))
+    if val_size < n_classes:
+        raise UserError(f"{key} is fewer than the {n_classes} classes: a stratified "
+                        "split needs one image per class")
+    if len(labels) - val_size < n_classes:
+        raise UserError(f"{key} leaves {len(labels) - val_size} training images for "
+                        f"{n_classes} classes: at most {len(labels) - n_classes}")
     idx_train, idx_val = train_test_split(
         np.arange(len(labels)), test_size=val_size, random_state=seed, stratify=labels)
     idx_train.sort()
@@ -28,9 +38,11 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int,
     return (images[idx_train], labels[idx_train]), (images[idx_val], labels[idx_val])
 
 
-def preprocess(params: PreprocessParams, raw_dir: str | Path, out_dir: str | Path) -> dict:
+def preprocess(params: PreprocessParams, raw_dir: str | Path, out_dir: str | Path,
+               source: str | Path = "params.yaml") -> dict:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     train_images, train_labels = load_raw_split(raw_dir, "train")
     test = load_raw_split(raw_dir, "t10k")
-    train, val = split_validation(train_images, train_labels, params.val_size, params.seed)
+    train, val = split_validation(train_images, train_labels, params.val_size, params.seed,
+                                  source)
     return write_prepared(out_dir, train, val, test)

@@ -1,20 +1,15 @@
-"""Training: seeding and determinism, the epoch loop, checkpoints and resume, curves.
+"""The training loop: one model, one params section, from scratch or resumed.
 
-One code path from a laptop CPU to several GPUs: run plainly it is a single process;
-under ``torchrun`` (which ``stages/train.py`` launches itself when params ask for more
-than one process) every rank trains on a disjoint shard of each epoch inside
-DistributedDataParallel, and only rank 0 writes anything.
+Run plainly it is a single process; under ``torchrun`` (which ``stages/train.py``
+launches itself when params ask for more than one process) every rank trains on a
+disjoint shard of each epoch inside DistributedDataParallel, and only rank 0 writes.
+``train()`` reads top to bottom: set up, resume or start, then per epoch train,
+validate and save the resume state, and at the end write the results.
 """
 
 from __future__ import annotations
 
-import contextlib
-import ctypes
-import hashlib
-import json
 import math
-import os
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -26,144 +21,47 @@ from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
+from fmnist.batching import epoch_order, train_batches
+from fmnist.checkpoint import loss_and_accuracy, predict_logits, save_model
 from fmnist.common import UserError, write_json, write_text
-from fmnist.data import (
-    Split,
-    Stats,
-    epoch_order,
-    eval_batches,
-    load_split,
-    load_stats,
-    save_torch,
-    train_batches,
-)
-from fmnist.models import build_model, count_parameters, spec
-from fmnist.params import TrainParams, validate
+from fmnist.data import Split, Stats, load_split, load_stats
+from fmnist.models import count_parameters, spec
+from fmnist.params import TrainParams
+from fmnist.resume import Progress, fingerprint, load_state, progress_of, save_state
+from fmnist.runtime import Runtime, autocast, environment, setup_runtime
+from fmnist.seeds import derive_seed
 
-CURVE_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr",
-                "seconds")
-_CODE_FILES = ("data.py", "models.py", "train.py")
-
-
-# ---------------------------------------------------------------- runtime
+CURVE_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
 
 
 @dataclass(frozen=True)
-class Runtime:
-    device: torch.device
-    rank: int = 0
-    world: int = 1
-    local_rank: int = 0
+class RunPaths:
+    """Where a training run reads and writes."""
 
-    @property
-    def main(self) -> bool:
-        return self.rank == 0
+    prepared: Path            # the prepared data (input)
+    out_dir: Path             # model.pt + meta.json (the stage's cached output)
+    curves: Path              # per-epoch curves (plot data, in git)
+    state: Path               # resume state (per machine, never shared)
+    timings: Path | None = None  # wall times and the environment (a git-tracked metric)
 
-
-def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
-    if requested == "auto":
-        if torch.cuda.is_available():
-            return torch.device("cuda", local_rank)
-        if torch.backends.mps.is_available():
-            return torch.device("mps")
-        return torch.device("cpu")
-    if requested == "cuda":
-        if not torch.cuda.is_available():
-            raise UserError("device 'cuda' was asked for, but torch sees no CUDA device")
-        return torch.device("cuda", local_rank)
-    if requested == "mps" and not torch.backends.mps.is_available():
-        raise UserError("device 'mps' was asked for, but it is not available")
-    return torch.device(requested)
+    @classmethod
+    def for_stage(cls, name: str, prepared: str | Path = "data/prepared") -> RunPaths:
+        return cls(Path(prepared), Path(f"models/{name}"), Path(f"metrics/curves/{name}.tsv"),
+                   Path(f"state/{name}/last.pt"), Path(f"metrics/timings/{name}.json"))
 
 
-# mallopt(3) parameter numbers, from glibc's <malloc.h>
-_M_TRIM_THRESHOLD, _M_TOP_PAD, _M_MMAP_THRESHOLD = -1, -2, -3
+class NonFiniteLoss(UserError):
+    pass
 
 
-def keep_freed_memory() -> bool:
-    """Have glibc's malloc keep freed activation buffers for reuse; True where it took.
-
-    A training step allocates and frees the same large tensors every time (LeNet's first
-    activation is 3.5 MB at batch 256, the AlexNet's 13 MB). By default glibc serves
-    blocks that large with mmap and hands them back to the kernel on free, so each step
-    page-faults and zero-fills fresh pages: about a sixth of LeNet's CPU step. Raising
-    the mmap and trim thresholds keeps them in the heap (LeNet +15-25%, AlexNet +10%,
-    measured). PyTorch's CPU tuning guide gets the same by preloading jemalloc or
-    tcmalloc; this needs no extra library. It changes no result, only where memory
-    comes from.
-    """
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(None).mallopt
-    except (OSError, AttributeError):
-        return False
-    mallopt.argtypes, mallopt.restype = [ctypes.c_int, ctypes.c_int], ctypes.c_int
-    return all(mallopt(param, value) == 1 for param, value in (
-        (_M_MMAP_THRESHOLD, 32 << 20),   # glibc's maximum
-        (_M_TRIM_THRESHOLD, 1 << 30),
-        (_M_TOP_PAD, 64 << 20)))
-
-
-def setup_runtime(device: str, threads: int, backend: str = "auto") -> Runtime:
-    """Pin threads, make kernels deterministic, join the process group under torchrun."""
-    keep_freed_memory()
-    if threads:
-        torch.set_num_threads(threads)
-    os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
-    torch.use_deterministic_algorithms(True, warn_only=True)
-    torch.backends.cudnn.benchmark = False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
-    if world > 1 and not dist.is_initialized():
-        if backend == "auto":
-            backend = "nccl" if dev.type == "cuda" else "gloo"
-        if dev.type == "cuda":
-            torch.cuda.set_device(dev)
-        dist.init_process_group(backend=backend)
-    return Runtime(dev, rank, world, local_rank)
-
-
-def teardown_runtime() -> None:
-    if dist.is_initialized():
-        dist.destroy_process_group()
-
-
-# ---------------------------------------------------------------- fingerprint
-
-
-def _sha256_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
-def fingerprint(name: str, params: TrainParams, prepared: Path, world: int) -> dict[str, str]:
-    """What a saved training state must match to be resumed: params, code and data."""
-    pkg = Path(__file__).parent
-    return {
-        "params": hashlib.sha256(json.dumps(
-            {"model": name, "world": world, **params.model_dump(exclude={"resume"})},
-            sort_keys=True).encode()).hexdigest(),
-        "code": _sha256_files([pkg / f for f in _CODE_FILES]),
-        "data": _sha256_files([prepared / f for f in ("train.pt", "val.pt", "stats.json")]),
-    }
-
-
-# ---------------------------------------------------------------- pieces of the loop
+# ---------------------------------------------------------------- the optimization step
 
 
 def make_optimizer(model: nn.Module, p: TrainParams,
                    device: torch.device) -> torch.optim.Optimizer:
-    # The fused kernels update all parameters in one pass: on the CPU they take the
-    # AdamW step of the 22M-parameter AlexNet from about a quarter of the step time to
-    # a few per cent. Same update rule, same results run to run.
+    # Fused kernels update all parameters in one pass: on the CPU they take the AdamW
+    # step of the 22M-parameter AlexNet from about a quarter of the step time to a few
+    # per cent. Same update rule, same results run to run.
     fused = device.type in ("cpu", "cuda") or None
     if p.optimizer == "adam":  # L2 added to the gradient, as the write-up's Keras code did
         return torch.optim.Adam(model.parameters(), lr=p.lr, weight_decay=p.weight_decay,
@@ -205,54 +103,8 @@ def make_average(model: nn.Module, decay: float) -> AveragedModel | None:
     return AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(decay), use_buffers=True)
 
 
-def autocast(device: torch.device, amp: str):
-    if amp == "none":
-        return contextlib.nullcontext()
-    dtype = torch.bfloat16 if amp == "bf16" else torch.float16
-    return torch.autocast(device_type=device.type, dtype=dtype)
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
-                   device: torch.device, amp: str = "none") -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image of ``split``, in order."""
-    model.eval()
-    out = []
-    for x, _ in eval_batches(split, batch_size, stats):
-        with autocast(device, amp):
-            out.append(model(x.to(device, non_blocking=True)).float().cpu())
-    return torch.cat(out) if out else torch.empty(0, 10)
-
-
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).float().mean().item()
-
-
-def write_curves(path: Path, history: list[dict[str, float]]) -> None:
-    lines = ["\t".join(CURVE_FIELDS)]
-    for row in history:
-        lines.append("\t".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
-                               for k in CURVE_FIELDS))
-    write_text(path, "\n".join(lines) + "\n")
-
-
-def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
-    """The model's state dict with every tensor on the CPU, so that a plain
-    ``torch.load`` of a GPU-trained model works on a machine without one."""
-    state = model.state_dict()
-    for k, v in state.items():  # in place: the dict keeps its type and _metadata
-        state[k] = v.cpu()
-    return state
-
-
 def _unwrap(model: nn.Module) -> nn.Module:
     return model.module if isinstance(model, nn.parallel.DistributedDataParallel) else model
-
-
-# ---------------------------------------------------------------- the loop
 
 
 @dataclass
@@ -288,11 +140,24 @@ class Trainer:
             self.average.update_parameters(_unwrap(self.model))
         return loss.detach(), logits.detach()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"model": _unwrap(self.model).state_dict(), "optimizer": self.opt.state_dict(),
+                "scheduler": self.sched.state_dict(), "scaler": self.scaler.state_dict(),
+                **({"average": self.average.state_dict()} if self.average is not None else {})}
 
-def make_trainer(name: str, arch: Any, params: TrainParams, device: torch.device,
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        _unwrap(self.model).load_state_dict(state["model"])
+        self.opt.load_state_dict(state["optimizer"])
+        self.sched.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        if self.average is not None:
+            self.average.load_state_dict(state["average"])
+
+
+def make_trainer(name: str, params: TrainParams, device: torch.device,
                  total_steps: int) -> Trainer:
     torch.manual_seed(params.seed)
-    model = spec(name).build(arch).to(device, memory_format=torch.channels_last)
+    model = spec(name).build(params.arch).to(device, memory_format=torch.channels_last)
     opt = make_optimizer(model, params, device)
     return Trainer(model, opt, make_scheduler(opt, params, total_steps),
                    torch.amp.GradScaler(device.type, enabled=params.amp == "fp16"),
@@ -300,154 +165,198 @@ def make_trainer(name: str, arch: Any, params: TrainParams, device: torch.device
                    device, params.amp, make_average(model, params.ema))
 
 
-def train(name: str, params: TrainParams, prepared: str | Path, out_dir: str | Path,
-          state_path: str | Path, curves_path: str | Path, section: str | None = None,
-          rt: Runtime | None = None) -> dict[str, Any]:
-    """Train model ``name``; write ``out_dir``/model.pt and meta.json; return the meta."""
-    section = section or f"train_{name}"
-    prepared, out_dir = Path(prepared), Path(out_dir)
-    state_path, curves_path = Path(state_path), Path(curves_path)
-    arch = validate(spec(name).arch, params.arch, f"{section}.arch")
-    rt = rt or setup_runtime(params.device, params.threads, params.distributed.backend)
-    if params.amp == "fp16" and rt.device.type != "cuda":
-        raise UserError(f"params.yaml: {section}.amp: 'fp16' needs a CUDA device; "
-                        "use 'bf16' or 'none' on the CPU")
-    if params.batch_size % rt.world:
-        raise UserError(f"params.yaml: {section}.batch_size: {params.batch_size} does not "
-                        f"divide among {rt.world} processes")
+# ---------------------------------------------------------------- steps of a run
 
+
+@dataclass(frozen=True)
+class Data:
+    train: Split
+    val: Split
+    stats: Stats | None
+    shard: int           # training images per rank and epoch
+    local_batch: int     # batch per rank
+
+    @property
+    def steps_per_epoch(self) -> int:
+        return math.ceil(self.shard / self.local_batch)
+
+
+def load_data(prepared: Path, params: TrainParams, rt: Runtime) -> Data:
     train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
     stats = load_stats(prepared) if params.normalize else None
+    return Data(train_split, val_split, stats, len(train_split) // rt.world,
+                params.batch_size // rt.world)
 
-    local_batch = params.batch_size // rt.world
-    shard = len(train_split) // rt.world
-    steps_per_epoch = math.ceil(shard / local_batch)
-    t = make_trainer(name, arch, params, rt.device, params.epochs * steps_per_epoch)
-    model, opt, sched, scaler = t.model, t.opt, t.sched, t.scaler
-    n_params = count_parameters(model)
 
-    fp = fingerprint(name, params, prepared, rt.world)
-    start_epoch, history, elapsed, step_seconds = 0, [], 0.0, 0.0
-    if params.resume and state_path.exists():
-        state = torch.load(state_path, weights_only=True, map_location=rt.device)
-        stale = [k for k in fp if state.get("fingerprint", {}).get(k) != fp[k]]
-        if stale:
-            if rt.main:
-                print(f"{name}: saved state in {state_path} was made from other "
-                      f"{', '.join(stale)}; training from scratch")
-        else:
-            model.load_state_dict(state["model"])
-            opt.load_state_dict(state["optimizer"])
-            sched.load_state_dict(state["scheduler"])
-            scaler.load_state_dict(state["scaler"])
-            if t.average is not None:
-                t.average.load_state_dict(state["average"])
-            start_epoch, history = state["epoch"], state["history"]
-            elapsed, step_seconds = state["elapsed"], state["step_seconds"]
-            if rt.main:
-                print(f"{name}: resuming after epoch {start_epoch} of {params.epochs}")
+def resume_or_start(name: str, params: TrainParams, data: Data, paths: RunPaths,
+                    rt: Runtime, resume: bool) -> tuple[Trainer, Progress, dict[str, str]]:
+    """A fresh trainer, loaded from the saved state where one fits."""
+    total = params.epochs * data.steps_per_epoch
+    fp = fingerprint(name, params, paths.prepared)
+    trainer = make_trainer(name, params, rt.device, total)
+    state = load_state(paths.state, fp, name, rt, resume)
+    if state is None:
+        return trainer, Progress(), fp
+    try:
+        progress = progress_of(state)
+        steps_done = state["scheduler"]["last_epoch"]
+        if not 0 < progress.epoch < params.epochs + 1 \
+                or steps_done != progress.epoch * data.steps_per_epoch:
+            raise ValueError("its epoch and its scheduler disagree")
+        trainer.load_state_dict(state)
+    except (RuntimeError, KeyError, ValueError, TypeError) as exc:
+        # The fingerprint matched but the content does not fit: start over all the same.
+        if rt.main:
+            print(f"warning: {name}: saved state in {paths.state} does not fit "
+                  f"({str(exc).splitlines()[0][:80] or type(exc).__name__}); "
+                  "training from scratch")
+        return make_trainer(name, params, rt.device, total), Progress(), fp
+    if rt.main:
+        print(f"{name}: resuming after epoch {progress.epoch} of {params.epochs}")
+    return trainer, progress, fp
 
-    if rt.world > 1:
-        model = t.model = nn.parallel.DistributedDataParallel(
-            model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
 
-    aug = params.augment
-    acc_dtype = torch.float32 if rt.device.type == "mps" else torch.float64  # MPS has no f64
-    for epoch in range(start_epoch, params.epochs):
+def _stop_if_not_finite(value: float, name: str, epoch: int, step: int,
+                        p: TrainParams) -> None:
+    if not math.isfinite(value):
+        raise NonFiniteLoss(
+            f"{name}: the training loss became {value} in epoch {epoch + 1}, by step "
+            f"{step + 1}; stopped, nothing written. Most likely too high a learning "
+            f"rate (lr {p.lr:g}, optimizer {p.optimizer}, weight_decay {p.weight_decay:g}, "
+            f"amp {p.amp}): lower lr in params.yaml's train_{name}")
+
+
+def run_epoch(name: str, trainer: Trainer, data: Data, params: TrainParams, rt: Runtime,
+              epoch: int) -> tuple[float, float, int]:
+    """One epoch of training steps on this rank's shard; the (all-reduced) mean loss,
+    accuracy and the number of images seen."""
+    # Every random draw of an epoch comes from (seed, epoch, rank): resume needs no RNG
+    # state, and a resumed run repeats exactly what the uninterrupted one did.
+    torch.manual_seed(derive_seed(params.seed, "torch", epoch, rt.rank))
+    gen = torch.Generator().manual_seed(derive_seed(params.seed, "augment", epoch, rt.rank))
+    order = epoch_order(len(data.train), params.seed, epoch, rt.rank, rt.world)[:data.shard]
+    trainer.model.train()
+    device = rt.device
+    acc_dtype = torch.float32 if device.type == "mps" else torch.float64  # MPS has no f64
+    # The running sums stay on the device: reading them back every step would make the
+    # host wait for each GPU step before it can prepare the next batch. On the CPU the
+    # loss is known at once, so a non-finite one stops the run at the step it appears.
+    check_each_step = device.type == "cpu" and not rt.distributed
+    loss_sum = torch.zeros((), dtype=acc_dtype, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen, step = 0, 0
+    bar = tqdm(train_batches(data.train, data.local_batch, order, data.stats, params.augment,
+                             gen),
+               total=data.steps_per_epoch, desc=f"{name} {epoch + 1}/{params.epochs}",
+               leave=False, disable=None if rt.main else True, mininterval=1.0)
+    for step, (x, y) in enumerate(bar):
+        y = y.to(device, non_blocking=True)
+        loss, logits = trainer.step(x, y)
+        if check_each_step:
+            _stop_if_not_finite(loss.item(), name, epoch, step, params)
+        loss_sum += loss.to(acc_dtype) * len(y)
+        correct += (logits.argmax(1) == y).sum()
+        seen += len(y)
+        if step % 20 == 0 and not bar.disable:
+            bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
+    bar.close()
+    totals = torch.stack([loss_sum, correct.to(acc_dtype),
+                          torch.tensor(float(seen), dtype=acc_dtype, device=device)])
+    if rt.distributed:
+        dist.all_reduce(totals)
+    totals = totals.cpu()  # waits for the epoch's last step, so it is timed
+    train_loss = (totals[0] / totals[2]).item()
+    _stop_if_not_finite(train_loss, name, epoch, step, params)
+    return train_loss, (totals[1] / totals[2]).item(), int(totals[2].item())
+
+
+def validate_epoch(trainer: Trainer, data: Data, params: TrainParams,
+                   rt: Runtime) -> tuple[float, float]:
+    if not rt.main or not len(data.val):
+        return float("nan"), float("nan")
+    logits = predict_logits(trainer.result, data.val, data.stats, params.eval_batch_size,
+                            rt.device, params.amp)
+    return loss_and_accuracy(logits, data.val.labels)
+
+
+def write_curves(path: Path, history: list[dict[str, float]]) -> None:
+    lines = ["\t".join(CURVE_FIELDS)]
+    for row in history:
+        lines.append("\t".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
+                               for k in CURVE_FIELDS))
+    write_text(path, "\n".join(lines) + "\n")
+
+
+def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: Runtime,
+             progress: Progress) -> dict[str, Any]:
+    """meta.json: what rebuilds and describes the model. A pure function of the run's
+    inputs: no times, hosts or paths (those go to the timings file)."""
+    return {
+        "model": name,
+        "title": spec(name).title,
+        "arch": params.arch.model_dump(),
+        "params": params.model_dump(),
+        "trainable_params": count_parameters(trainer.result),
+        "normalize": ({"mean": data.stats.mean, "std": data.stats.std}
+                      if data.stats else None),
+        "epochs": params.epochs,
+        "world_size": rt.world,
+        "final": {k: v for k, v in progress.history[-1].items() if k in CURVE_FIELDS}
+        if progress.history else {},
+    }
+
+
+def timings(data: Data, params: TrainParams, rt: Runtime, progress: Progress) -> dict:
+    return {
+        "train_seconds": round(progress.elapsed, 2),
+        # training steps only (no validation): the rate `make bench` measures
+        "images_per_second": round(data.shard * rt.world * params.epochs
+                                   / max(progress.step_seconds, 1e-9)),
+        "environment": environment(rt),
+    }
+
+
+# ---------------------------------------------------------------- the run
+
+
+def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime | None = None,
+          resume: bool = True) -> dict[str, Any]:
+    """Train model ``name``; write model.pt, meta.json and the curves; return the meta."""
+    rt = rt or setup_runtime(params.device, params.threads, params.distributed.backend)
+    if params.amp == "fp16" and rt.device.type != "cuda":
+        raise UserError(f"train_{name}.amp: 'fp16' needs a CUDA device; use 'bf16' or "
+                        "'none' on this machine")
+    data = load_data(paths.prepared, params, rt)
+    trainer, progress, fp = resume_or_start(name, params, data, paths, rt, resume)
+    if rt.distributed:
+        trainer.model = nn.parallel.DistributedDataParallel(
+            trainer.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
+
+    for epoch in range(progress.epoch, params.epochs):
         t0 = time.perf_counter()
-        # Every random draw of an epoch comes from (seed, epoch, rank): resume needs no
-        # RNG state, and a resumed run repeats exactly what the uninterrupted one did.
-        torch.manual_seed(params.seed * 1_000_003 + epoch * 1009 + rt.rank)
-        gen = torch.Generator().manual_seed(params.seed * 7919 + epoch * 104_729 + rt.rank)
-        order = epoch_order(len(train_split), params.seed, epoch, rt.rank, rt.world)[:shard]
-        model.train()
-        # The running sums stay on the device: reading them back every step would make
-        # the host wait for each GPU step before it can prepare the next batch.
-        loss_sum = torch.zeros((), dtype=acc_dtype, device=rt.device)
-        correct = torch.zeros((), dtype=torch.int64, device=rt.device)
-        seen = 0
-        bar = tqdm(train_batches(train_split, local_batch, order, stats, aug, gen),
-                   total=steps_per_epoch, desc=f"{name} {epoch + 1}/{params.epochs}",
-                   leave=False, disable=None if rt.main else True, mininterval=1.0)
-        for step, (x, y) in enumerate(bar):
-            y = y.to(rt.device, non_blocking=True)
-            loss, logits = t.step(x, y)
-            loss_sum += loss.to(acc_dtype) * len(y)
-            correct += (logits.argmax(1) == y).sum()
-            seen += len(y)
-            if step % 20 == 0 and not bar.disable:
-                bar.set_postfix(loss=f"{loss_sum.item() / seen:.4f}")
-        bar.close()
-        totals = torch.stack([loss_sum, correct.to(acc_dtype),
-                              torch.tensor(float(seen), dtype=acc_dtype, device=rt.device)])
-        if rt.world > 1:
-            dist.all_reduce(totals)
-        totals = totals.cpu()  # waits for the epoch's last step, so it is timed
-        step_seconds += time.perf_counter() - t0
-        train_loss, train_acc = (totals[0] / totals[2]).item(), (totals[1] / totals[2]).item()
-
-        val_loss = val_acc = float("nan")
-        if rt.main and len(val_split):
-            logits = predict_logits(t.result, val_split, stats, params.eval_batch_size,
-                                    rt.device, params.amp)
-            val_loss, val_acc = loss_and_accuracy(logits, val_split.labels)
+        train_loss, train_acc, seen = run_epoch(name, trainer, data, params, rt, epoch)
+        progress.step_seconds += time.perf_counter() - t0
+        val_loss, val_acc = validate_epoch(trainer, data, params, rt)
         seconds = time.perf_counter() - t0
-        elapsed += seconds
-        history.append({"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-                        "val_loss": val_loss, "val_accuracy": val_acc,
-                        "lr": opt.param_groups[0]["lr"], "seconds": seconds})
+        progress.elapsed += seconds
+        progress.epoch = epoch + 1
+        progress.history.append({
+            "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+            "val_loss": val_loss, "val_accuracy": val_acc,
+            "lr": trainer.opt.param_groups[0]["lr"], "seconds": seconds})
         if rt.main:
             print(f"{name} epoch {epoch + 1}/{params.epochs}: train loss {train_loss:.4f} "
                   f"acc {train_acc:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | "
-                  f"{seconds:.1f} s, {seen * rt.world / seconds:.0f} img/s")
-            write_curves(curves_path, history)
-            save_torch({"fingerprint": fp, "epoch": epoch + 1,
-                        "model": _unwrap(model).state_dict(), "optimizer": opt.state_dict(),
-                        "scheduler": sched.state_dict(), "scaler": scaler.state_dict(),
-                        **({"average": t.average.state_dict()} if t.average is not None else {}),
-                        "history": history, "elapsed": elapsed,
-                        "step_seconds": step_seconds}, state_path)
-        if rt.world > 1:
+                  f"{seconds:.1f} s, {seen / seconds:.0f} img/s")
+            write_curves(paths.curves, progress.history)
+            save_state(paths.state, fp, trainer.state_dict(), progress)
+        if rt.distributed:
             dist.barrier()
 
-    meta = {
-        "model": name,
-        "title": spec(name).title,
-        "arch": arch.model_dump(),
-        "params": params.model_dump(),
-        "trainable_params": n_params,
-        "normalize": {"mean": stats.mean, "std": stats.std} if stats else None,
-        "train_seconds": round(elapsed, 2),
-        # training steps only (no validation): the rate `make bench` measures
-        "images_per_second": round(shard * rt.world * params.epochs / max(step_seconds, 1e-9)),
-        "epochs": params.epochs,
-        "world_size": rt.world,
-        "device": str(rt.device),
-        "torch": str(torch.__version__),
-        "final": history[-1] if history else {},
-    }
+    meta = describe(name, params, trainer, data, rt, progress)
     if rt.main:
-        out_dir.mkdir(parents=True, exist_ok=True)
-        save_torch(cpu_state_dict(t.result), out_dir / "model.pt")
-        write_json(out_dir / "meta.json", meta)
-        write_curves(curves_path, history)
+        save_model(trainer.result, meta, paths.out_dir)
+        write_curves(paths.curves, progress.history)
+        if paths.timings is not None:
+            write_json(paths.timings, timings(data, params, rt, progress))
     return meta
-
-
-def load_checkpoint(model_dir: str | Path, stage: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from ``model_dir`` (weights only: no pickled code runs)."""
-    model_dir = Path(model_dir)
-    meta_path, weights = model_dir / "meta.json", model_dir / "model.pt"
-    if not meta_path.exists() or not weights.exists():
-        raise UserError(f"no checkpoint in {model_dir}: run `dvc repro {stage}` first")
-    meta = json.loads(meta_path.read_text())
-    name = meta["model"]
-    model = build_model(name, meta["arch"], where=f"{model_dir}/meta.json arch")
-    state = torch.load(weights, weights_only=True, map_location="cpu")
-    try:
-        model.load_state_dict(state)
-    except RuntimeError as exc:
-        first = str(exc).split("\n")[1].strip() if "\n" in str(exc) else str(exc)
-        raise UserError(f"checkpoint {weights} does not fit model '{name}' with its "
-                        f"params ({first}); re-run `dvc repro {stage}`") from None
-    return model, meta

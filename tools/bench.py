@@ -22,18 +22,20 @@ import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
-from fmnist.data import Split, epoch_order, load_split, load_stats, train_batches
+from fmnist.batching import epoch_order, train_batches
+from fmnist.data import Split, load_split, load_stats
 from fmnist.models import LocalResponseNorm, ReLUMaxPool, spec
-from fmnist.params import TrainParams, load_section, validate
-from fmnist.smoke import ROOT, make_repo, repo_env, tiny_overrides, update_params
-from fmnist.synthetic import write_dataset
-from fmnist.train import make_trainer, setup_runtime
+from fmnist.params import TrainParams, load_train
+from fmnist.runtime import setup_runtime
+from fmnist.train import make_trainer
+from tools import ROOT
+from tools.smoke import make_repo, repo_env, tiny_overrides, update_params
+from tools.synthetic import write_dataset
 
 TARGETS = {"lenet": {"baseline": 4.0}, "alexnet": {"baseline": 1.4, "peak": 0.7}}
 NOOP_TARGET_S = 3.0
@@ -97,10 +99,10 @@ def stock_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def project_steps(name: str, arch: Any, params: TrainParams, split: Split,
+def project_steps(name: str, params: TrainParams, split: Split,
                   prepared: Path) -> Iterator[int]:
     device = setup_runtime("cpu", params.threads).device
-    trainer = make_trainer(name, arch, params, device, total_steps=10**6)
+    trainer = make_trainer(name, params, device, total_steps=10**6)
     trainer.model.train()
     stats = load_stats(prepared) if params.normalize else None
     gen = torch.Generator().manual_seed(0)
@@ -114,7 +116,7 @@ def project_steps(name: str, arch: Any, params: TrainParams, split: Split,
         epoch += 1
 
 
-def baseline_steps(name: str, arch: Any, params: TrainParams, raw: Path, scratch: Path,
+def baseline_steps(name: str, params: TrainParams, raw: Path, scratch: Path,
                    mean: float, std: float) -> Iterator[int]:
     """The loop of a typical tutorial, on the same raw files."""
     from torch.utils.data import DataLoader
@@ -132,10 +134,15 @@ def baseline_steps(name: str, arch: Any, params: TrainParams, raw: Path, scratch
                                         transforms.Normalize((mean,), (std,))]))
     loader = DataLoader(dataset, batch_size=128, shuffle=True)
     torch.manual_seed(params.seed)
-    model = stock_layers(spec(name).build(arch))
-    opt_cls = {"adam": torch.optim.Adam, "adamw": torch.optim.AdamW}.get(params.optimizer,
-                                                                         torch.optim.SGD)
-    opt = opt_cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
+    model = stock_layers(spec(name).build(params.arch))
+    # The same update rule as the project's (momentum and Nesterov for SGD included),
+    # without its fused kernels, as a tutorial writes it.
+    if params.optimizer == "sgd":
+        opt = torch.optim.SGD(model.parameters(), lr=params.lr, momentum=params.momentum,
+                              nesterov=params.momentum > 0, weight_decay=params.weight_decay)
+    else:
+        opt_cls = torch.optim.Adam if params.optimizer == "adam" else torch.optim.AdamW
+        opt = opt_cls(model.parameters(), lr=params.lr, weight_decay=params.weight_decay)
     criterion = nn.CrossEntropyLoss(label_smoothing=params.label_smoothing)
     model.train()
     while True:
@@ -201,10 +208,7 @@ def main() -> None:
     if args.quick:
         windows = dict.fromkeys(args.models, (2, 2, 1))
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as scratch:
-        sections = {name: load_section(f"train_{name}", TrainParams, args.params)
-                    for name in args.models}
-        archs = {name: validate(spec(name).arch, p.arch, f"train_{name}.arch")
-                 for name, p in sections.items()}
+        sections = {name: load_train(name, args.params) for name in args.models}
         # The baselines run first, in the state a fresh interpreter starts in (torch's
         # default thread count, glibc's default malloc settings): the project's loop sets
         # both for the whole process (setup_runtime), and a tutorial sets neither.
@@ -212,14 +216,14 @@ def main() -> None:
         for name, params in sections.items():
             n, per, warm = windows.get(name, (5, 10, 3))
             base[name] = statistics.median(timed_windows(
-                baseline_steps(name, archs[name], params, raw, Path(scratch), stats.mean,
+                baseline_steps(name, params, raw, Path(scratch), stats.mean,
                                stats.std),
                 n, max(1, per * params.batch_size // 128), warm))
     for name, params in sections.items():
         n, per, warm = windows.get(name, (5, 10, 3))
         ours = statistics.median(timed_windows(
-            project_steps(name, archs[name], params, split, prepared), n, per, warm))
-        flops = training_flops_per_image(spec(name).build(archs[name]))
+            project_steps(name, params, split, prepared), n, per, warm))
+        flops = training_flops_per_image(spec(name).build(params.arch))
         frac = ours * flops / (peak * 1e9)
         ratio = ours / base[name]
         results[name] = {"project_img_s": ours, "baseline_img_s": base[name],

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.data import sha256_content, write_idx
+from fmnist.idx import sha256_content, write_idx
 from fmnist.params import RAW_FILES
 
 

@@ -16,7 +16,7 @@ from typing import Any
 import yaml
 
 from fmnist.common import UserError, run_stage
-from fmnist.smoke import ROOT
+from tools import ROOT
 
 PRESETS = ROOT / "presets"
 

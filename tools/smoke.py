@@ -20,10 +20,11 @@ from typing import Any
 
 import yaml
 
-from fmnist.synthetic import write_dataset
+from tools import ROOT
+from tools.synthetic import write_dataset
 
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".dvcignore")
-ROOT = Path(__file__).resolve().parents[2]
+
 
 
 def tiny_overrides(sources: list[str], sha256: dict[str, str]) -> dict[str, Any]:
@@ -55,8 +56,12 @@ def update_params(path: str | Path, updates: dict[str, Any]) -> None:
     path.write_text(yaml.safe_dump(merge(data, updates), sort_keys=False))
 
 
-def repo_env(home: str | Path) -> dict[str, str]:
-    """An environment for git and dvc that assumes nothing of the caller's home."""
+def repo_env(home: str | Path, src: str | Path | None = None) -> dict[str, str]:
+    """An environment for git and dvc that assumes nothing of the caller's home.
+
+    With ``src``, the stages import the package from there (a copy's own code) rather
+    than from wherever fmnist is installed.
+    """
     env = dict(os.environ)
     env.update({
         "HOME": str(home),
@@ -67,6 +72,9 @@ def repo_env(home: str | Path) -> dict[str, str]:
         "PATH": f"{Path(sys.executable).parent}{os.pathsep}{env.get('PATH', '')}",
         "PYTHONUNBUFFERED": "1",
     })
+    if src is not None:
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(src),
+                                                          env.get("PYTHONPATH", "")]))
     env.pop("GIT_DIR", None)
     env.pop("GIT_WORK_TREE", None)
     return env

@@ -1,0 +1,120 @@
+"""The raw IDX files: reading (every malformation named), writing, content hashes.
+
+The IDX reader is our own so that every way a file can be malformed gives an error that
+names the file.
+"""
+
+from __future__ import annotations
+
+import gzip
+import hashlib
+from pathlib import Path
+
+import numpy as np
+
+from fmnist import CLASSES
+from fmnist.common import UserError, atomic_path
+
+# IDX type code -> big-endian numpy dtype
+IDX_DTYPES = {
+    0x08: np.dtype(">u1"),
+    0x09: np.dtype(">i1"),
+    0x0B: np.dtype(">i2"),
+    0x0C: np.dtype(">i4"),
+    0x0D: np.dtype(">f4"),
+    0x0E: np.dtype(">f8"),
+}
+IDX_CODES = {v.newbyteorder("="): k for k, v in IDX_DTYPES.items()}
+GZIP_MAGIC = b"\x1f\x8b"
+
+
+class IdxError(UserError):
+    pass
+
+
+def read_bytes(path: Path) -> bytes:
+    """The file's content, decompressed when it is gzip (by magic, not by name)."""
+    raw = Path(path).read_bytes()
+    if raw[:2] == GZIP_MAGIC:
+        try:
+            return gzip.decompress(raw)
+        except (OSError, EOFError) as exc:
+            raise IdxError(f"{path}: corrupt gzip stream ({exc})") from None
+    return raw
+
+
+def sha256_content(path: Path) -> str:
+    """SHA-256 of the decompressed bytes: the same for any faithful mirror of a file."""
+    return hashlib.sha256(read_bytes(path)).hexdigest()
+
+
+def parse_idx(buf: bytes, name: str) -> np.ndarray:
+    if len(buf) < 4:
+        raise IdxError(f"{name}: too short for an IDX header ({len(buf)} bytes)")
+    if buf[0] != 0 or buf[1] != 0:
+        raise IdxError(f"{name}: bad magic number {buf[:4].hex()} (not an IDX file)")
+    code, ndim = buf[2], buf[3]
+    if code not in IDX_DTYPES:
+        raise IdxError(f"{name}: unknown IDX data type code 0x{code:02x}")
+    if ndim == 0:
+        raise IdxError(f"{name}: IDX file with zero dimensions")
+    header = 4 + 4 * ndim
+    if len(buf) < header:
+        raise IdxError(f"{name}: truncated header ({len(buf)} bytes, needs {header})")
+    dims = tuple(int(d) for d in np.frombuffer(buf, dtype=">u4", count=ndim, offset=4))
+    dtype = IDX_DTYPES[code]
+    expected = int(np.prod(dims, dtype=np.int64)) * dtype.itemsize
+    actual = len(buf) - header
+    if actual != expected:
+        kind = "truncated" if actual < expected else "has trailing bytes"
+        raise IdxError(
+            f"{name}: {kind}: dimensions {dims} need {expected} data bytes, found {actual}"
+        )
+    arr = np.frombuffer(buf, dtype=dtype, offset=header).reshape(dims)
+    return arr.astype(dtype.newbyteorder("="))
+
+
+def read_idx(path: str | Path) -> np.ndarray:
+    path = Path(path)
+    try:
+        buf = read_bytes(path)
+    except FileNotFoundError:
+        raise IdxError(f"{path}: file not found") from None
+    return parse_idx(buf, str(path))
+
+
+def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> None:
+    """Write ``array`` as an IDX file (gzip-compressed when the name ends in .gz)."""
+    path = Path(path)
+    native = array.dtype.newbyteorder("=")
+    if native not in IDX_CODES:
+        raise ValueError(f"dtype {array.dtype} has no IDX type code")
+    code = IDX_CODES[native]
+    header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
+    payload = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
+    if compress is None:
+        compress = path.suffix == ".gz"
+    if compress:
+        payload = gzip.compress(payload, mtime=0)
+    with atomic_path(path) as tmp:
+        tmp.write_bytes(payload)
+
+
+def load_raw_split(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
+    """Read and check one split ('train' or 't10k') of the raw IDX files."""
+    img_path = raw_dir / f"{prefix}-images-idx3-ubyte.gz"
+    lbl_path = raw_dir / f"{prefix}-labels-idx1-ubyte.gz"
+    images, labels = read_idx(img_path), read_idx(lbl_path)
+    if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
+        raise IdxError(f"{img_path}: expected uint8 images of 28x28, got {images.dtype} "
+                       f"{images.shape}")
+    if labels.dtype != np.uint8 or labels.ndim != 1:
+        raise IdxError(f"{lbl_path}: expected a 1-D uint8 label vector, got {labels.shape}")
+    if len(images) != len(labels):
+        raise IdxError(f"{lbl_path}: {len(labels)} labels for {len(images)} images in "
+                       f"{img_path.name}")
+    if len(labels) and labels.max() >= len(CLASSES):
+        bad = int(np.argmax(labels >= len(CLASSES)))
+        raise IdxError(f"{lbl_path}: label {labels[bad]} at index {bad} is outside "
+                       f"0..{len(CLASSES) - 1}")
+    return images, labels

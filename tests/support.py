@@ -1,0 +1,157 @@
+"""Helpers the tests share (fixtures are in conftest.py)."""
+
+from __future__ import annotations
+
+import hashlib
+import http.server
+import shutil
+import socket
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+import torch
+
+from fmnist import train as train_module
+from fmnist.params import load_train
+from fmnist.train import RunPaths
+from tools import ROOT
+from tools.smoke import tiny_overrides, update_params
+
+PY = sys.executable
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """A static file server on 127.0.0.1 that can be told to misbehave per path."""
+
+    def __init__(self, root: Path):
+        self.root = root
+        self.fail: dict[str, list[int]] = {}  # file name -> statuses to answer first
+        self.hits: list[str] = []
+        server = self
+
+        class Handler(http.server.SimpleHTTPRequestHandler):
+            def __init__(self, *a, **kw):
+                super().__init__(*a, directory=str(root), **kw)
+
+            def do_GET(self):  # noqa: N802
+                name = self.path.rsplit("/", 1)[-1]
+                server.hits.append(name)
+                pending = server.fail.get(name)
+                if pending:
+                    self.send_error(pending.pop(0))
+                    return
+                super().do_GET()
+
+            def log_message(self, *args):
+                pass
+
+        self.httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.httpd.server_address[1]}/"
+        self.thread = threading.Thread(target=self.httpd.serve_forever, daemon=True)
+
+    def __enter__(self) -> Server:
+        self.thread.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.httpd.shutdown()
+        self.httpd.server_close()
+        self.thread.join()
+
+
+def make_workdir(path: Path, synthetic: tuple[Path, dict[str, str]]) -> Path:
+    """Copy the project's params.yaml (made tiny, on synthetic data) and stages to ``path``."""
+    src, sha = synthetic
+    for name in ("params.yaml", "stages"):
+        p = ROOT / name
+        (shutil.copytree if p.is_dir() else shutil.copy2)(p, path / name)
+    update_params(path / "params.yaml", tiny_overrides([str(src)], sha))
+    return path
+
+
+def run_script(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a Python script (a stage, usually) in ``cwd``, capturing its output."""
+    return subprocess.run([PY, *args], cwd=cwd, capture_output=True, text=True,
+                          timeout=timeout)
+
+
+def run_stages(cwd: Path, *stages: str) -> None:
+    """Run stage scripts in order (e.g. "download", "train lenet"); each must succeed."""
+    for stage in stages:
+        script, *args = stage.split()
+        proc = run_script(cwd, f"stages/{script}.py", *args)
+        assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def set_params(path: Path, updates: dict) -> None:
+    update_params(path / "params.yaml" if path.is_dir() else path, updates)
+
+
+def assert_one_line_error(proc: subprocess.CompletedProcess, *needles: str,
+                          prefix: str = "error: ") -> str:
+    """A user error: exit code 2, one line on stderr, no traceback, naming ``needles``."""
+    assert proc.returncode == 2, proc.stdout + proc.stderr
+    lines = proc.stderr.strip().splitlines()
+    assert len(lines) == 1, proc.stderr
+    assert lines[0].startswith(prefix), lines[0]
+    for n in needles:
+        assert n in lines[0], lines[0]
+    return lines[0]
+
+
+def file_sha256(path: Path) -> str:
+    return hashlib.sha256(Path(path).read_bytes()).hexdigest()
+
+
+def state_hash(state: dict[str, torch.Tensor]) -> str:
+    """SHA-256 of a state dict's names and tensors (CPU tensors)."""
+    h = hashlib.sha256()
+    for k in sorted(state):
+        h.update(k.encode())
+        h.update(state[k].contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return h.hexdigest()
+
+
+def weights_hash(path: Path) -> str:
+    """``state_hash`` of a saved state dict (a plain load: it must be on the CPU)."""
+    return state_hash(torch.load(path, weights_only=True))
+
+
+def tag_paths(wd: Path, tag: str) -> RunPaths:
+    return RunPaths(wd / "data/prepared", wd / tag / "model", wd / tag / "curves.tsv",
+                    wd / tag / "state.pt", wd / tag / "timings.json")
+
+
+def run_train(wd: Path, name: str, tag: str, resume: bool = True, **updates) -> dict:
+    """Train ``name`` in-process from ``wd``'s params, with ``updates``, into ``wd``/tag."""
+    params = load_train(name, wd / "params.yaml")
+    params = type(params).model_validate({**params.model_dump(), **updates})
+    return train_module.train(name, params, tag_paths(wd, tag), resume=resume)
+
+
+def run_train_interrupted(wd: Path, name: str, tag: str, **updates) -> dict:
+    """``run_train``, stopped as a Ctrl-C would stop it once it has saved its first
+    epoch's resume state; returns that state."""
+    import fmnist.resume as resume_module
+
+    save = resume_module.save_torch
+
+    def save_then_die(obj, path):
+        save(obj, path)
+        if Path(path).name == "state.pt":
+            raise KeyboardInterrupt
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(resume_module, "save_torch", save_then_die)
+        with pytest.raises(KeyboardInterrupt):
+            run_train(wd, name, tag, **updates)
+    return torch.load(wd / tag / "state.pt", weights_only=True)

@@ -1,0 +1,154 @@
+"""The README's generated blocks: the architecture tables and the results table.
+
+    python -m tools.readme           # rewrite the blocks in README.md
+    python -m tools.readme --check   # exit 1 when README.md is out of date (a test does this)
+
+A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``. The
+architecture tables come from the models' code, the results table from the committed
+``metrics/NAME.json`` and ``metrics/timings/NAME.json``: nothing is copied by hand.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import re
+import sys
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmnist.models import (
+    INPUT_SHAPE,
+    REGISTRY,
+    Dropout,
+    LocalResponseNorm,
+    ReLUMaxPool,
+    build_model,
+    count_parameters,
+    spec,
+)
+from tools import ROOT
+
+README = ROOT / "README.md"
+
+
+def describe(mod: nn.Module) -> str:
+    """A short label for a layer, as the write-up's tables name them."""
+    if isinstance(mod, nn.Conv2d):
+        k, p = mod.kernel_size[0], mod.padding[0]
+        return f"Conv {k}x{k}, {mod.in_channels}->{mod.out_channels}" + (f", pad {p}" if p else "")
+    if isinstance(mod, nn.MaxPool2d):
+        return f"MaxPool {mod.kernel_size}"
+    if isinstance(mod, nn.Linear):
+        return f"Dense {mod.in_features}->{mod.out_features}"
+    if isinstance(mod, nn.Dropout | Dropout):
+        return f"Dropout {mod.p:g}"
+    if isinstance(mod, LocalResponseNorm):
+        return f"LRN size {mod.size}"
+    if isinstance(mod, ReLUMaxPool):
+        return f"ReLU + MaxPool {mod.kernel_size}"
+    return type(mod).__name__
+
+
+def summary(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
+    """(layer, output shape, trainable parameters) for each leaf module, in call order."""
+    rows: list[tuple[str, tuple[int, ...], int]] = []
+    hooks = []
+    for module in model.modules():
+        if len(list(module.children())) == 0:
+            def hook(mod, _inp, out):
+                rows.append((describe(mod), tuple(out.shape[1:]), count_parameters(mod)))
+            hooks.append(module.register_forward_hook(hook))
+    was_training = model.training
+    model.eval()
+    with torch.no_grad():
+        model(torch.zeros(1, *INPUT_SHAPE))
+    model.train(was_training)
+    for h in hooks:
+        h.remove()
+    return rows
+
+
+def architecture_table(name: str, arch: dict[str, Any] | None = None) -> str:
+    model = build_model(name, arch)
+    lines = [f"**{spec(name).title}** (input {'x'.join(map(str, INPUT_SHAPE))})", "",
+             "| # | Layer | Output shape | Parameters |", "|---:|---|---|---:|"]
+    for i, (label, shape, n) in enumerate(summary(model), 1):
+        lines.append(f"| {i} | `{label}` | {'x'.join(map(str, shape))} | {n:,} |")
+    lines.append(f"| | **Total trainable** | | **{count_parameters(model):,}** |")
+    return "\n".join(lines)
+
+
+def _read(path: Path) -> dict[str, Any]:
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def results_table(root: Path = ROOT) -> str:
+    """One row per model from the committed metrics and timings."""
+    lines = ["| Model | Parameters | Epochs | Val accuracy (last epoch) | Test accuracy "
+             "| Test loss | Training time | Training images/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for name in REGISTRY:
+        m = _read(root / "metrics" / f"{name}.json")
+        if not m:
+            continue
+        t = _read(root / "metrics" / "timings" / f"{name}.json")
+        meta_val = _last_val_accuracy(root / "metrics" / "curves" / f"{name}.tsv")
+        secs, rate = t.get("train_seconds"), t.get("images_per_second")
+        secs = f"{secs:,.0f} s" if secs is not None else "n/a"
+        rate = f"{rate:,}" if rate is not None else "n/a"
+        lines.append(
+            f"| {spec(name).title} | {m['trainable_params']:,} | {m['epochs']} | "
+            f"{meta_val} | **{m['test']['accuracy']:.4f}** | {m['test']['loss']:.3f} | "
+            f"{secs} | {rate} |")
+    return "\n".join(lines)
+
+
+def _last_val_accuracy(curves: Path) -> str:
+    if not curves.exists():
+        return "n/a"
+    rows = curves.read_text().splitlines()
+    if len(rows) < 2:
+        return "n/a"
+    header, last = rows[0].split("\t"), rows[-1].split("\t")
+    value = float(last[header.index("val_accuracy")])
+    return "n/a" if value != value else f"{value:.4f}"
+
+
+def blocks(root: Path = ROOT) -> dict[str, str]:
+    return {"results": results_table(root),
+            "architectures": "\n\n".join(architecture_table(m) for m in REGISTRY)}
+
+
+def render(text: str, generated: dict[str, str]) -> str:
+    for name, body in generated.items():
+        pattern = re.compile(rf"(<!-- generated: {name} -->\n)(?:.*?\n)?(<!-- end: {name} -->)",
+                             re.S)
+        if not pattern.search(text):
+            raise SystemExit(f"README.md has no block '{name}'")
+        text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
+    return text
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--check", action="store_true")
+    args = parser.parse_args()
+    text = README.read_text()
+    new = render(text, blocks())
+    if args.check:
+        if new != text:
+            print("README.md is out of date: run `python -m tools.readme`", file=sys.stderr)
+            sys.exit(1)
+        print("README.md is up to date")
+    elif new != text:
+        README.write_text(new)
+        print("README.md updated")
+
+
+if __name__ == "__main__":
+    main()
