@@ -13,7 +13,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test bench lint data sshd install smoke clean
+.PHONY: run test bench lint data sshd install smoke reproduce clean
 
 run: install data
 	dvc repro
@@ -25,11 +25,21 @@ bench: install data
 	dvc repro preprocess
 	python -m tools.bench --json .bench/results.json
 
+# The code, and the GitHub workflow: against GitHub's schema and a security linter,
+# both offline (the schema ships with check-jsonschema; zizmor --offline asks no API).
 lint: install
-	ruff check src stages tests
+	ruff check src stages tests tools
+	check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
+	zizmor --offline --config .github/zizmor.yml .github/workflows/
 
 smoke: install
 	python -m tools.smoke
+
+# Re-train the committed run from scratch in a temporary clone and compare its hashes
+# with dvc.lock: `make reproduce` (LeNet), `make reproduce STAGES="train-lenet train-alexnet"`.
+STAGES ?= train-lenet
+reproduce: install data
+	python -m tools.reproduce --stages $(STAGES)
 
 install: $(STAMP)
 

@@ -36,7 +36,8 @@ def evaluated(tmp_path_factory, synthetic):
 def test_metrics_files(evaluated):
     for name in ("lenet", "alexnet"):
         m = json.loads((evaluated / f"metrics/{name}.json").read_text())
-        assert set(m) == {"trainable_params", "epochs", "train", "test"}  # no wall times
+        assert set(m) == {"trainable_params", "epochs", "train", "val", "test"}  # no times
+        assert 0.0 <= m["val"]["accuracy"] <= 1.0
         assert set(m["train"]) == {"loss", "accuracy"}
         for key in ("accuracy", "macro_f1", "weighted_f1", "top2_accuracy"):
             assert 0.0 <= m["test"][key] <= 1.0

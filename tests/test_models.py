@@ -118,16 +118,13 @@ def test_readme_tables_are_generated_from_the_code_and_metrics():
 
 def test_readme_results_table_follows_the_metrics(tmp_path):
     """The results block changes when a metrics file does: it is generated, not pasted."""
-    for sub in ("metrics/timings", "metrics/curves"):
-        (tmp_path / sub).mkdir(parents=True)
+    (tmp_path / "metrics/timings").mkdir(parents=True)
     metrics = {"trainable_params": 44_426, "epochs": 3, "train": {},
+               "val": {"loss": 0.5, "accuracy": 0.81234},
                "test": {"accuracy": 0.87654, "loss": 0.4321}}
     (tmp_path / "metrics/lenet.json").write_text(json.dumps(metrics))
     (tmp_path / "metrics/timings/lenet.json").write_text(
         json.dumps({"train_seconds": 12.3, "images_per_second": 4567}))
-    (tmp_path / "metrics/curves/lenet.tsv").write_text(
-        "epoch\ttrain_loss\ttrain_accuracy\tval_loss\tval_accuracy\tlr\n"
-        "1\t1\t0.5\t1\t0.81234\t0.1\n")
     table = readme.results_table(tmp_path)
     assert "| LeNet-5 | 44,426 | 3 | 0.8123 | **0.8765** | 0.432 | 12 s | 4,567 |" in table
     assert "AlexNet" not in table  # no metrics, no row
@@ -166,3 +163,22 @@ def test_relu_maxpool_is_exactly_relu_then_maxpool(memory_format):
     ours.backward(g)
     assert torch.equal(ours, ref)
     assert torch.equal(b.grad, a.grad)  # bit for bit: the same element of each window
+
+
+def test_lrn_in_bf16_keeps_its_sums_in_fp32():
+    """bf16 input, torch's LRN in fp32 as the reference: within one bf16 rounding of the
+    output (relative 2**-8), forward and gradient."""
+    torch.manual_seed(0)
+    x = (torch.randn(8, 16, 7, 7) * 4).to(torch.bfloat16)
+    ref_in = x.float().requires_grad_(True)
+    ref = torch.nn.LocalResponseNorm(5, 1e-4, 0.75, 1.0)(ref_in)
+    ours_in = x.clone().requires_grad_(True)
+    ours = LocalResponseNorm(5)(ours_in)
+    assert ours.dtype == torch.bfloat16 and ours_in.grad is None
+    tol = 2.0**-8  # one rounding to bf16's 8-bit mantissa
+    torch.testing.assert_close(ours.float(), ref, rtol=tol, atol=1e-6)
+    g = torch.randn_like(ref)
+    ref.backward(g)
+    ours.backward(g.to(torch.bfloat16))
+    assert ours_in.grad.dtype == torch.bfloat16
+    torch.testing.assert_close(ours_in.grad.float(), ref_in.grad, rtol=2 * tol, atol=1e-3)

@@ -179,3 +179,37 @@ def test_queued_experiments(dvc_repo):
             results[lr] = data["metrics"]["metrics/lenet.json"]["data"]["test"]["accuracy"]
     assert set(results) == {0.001, 0.01}, shown
     assert all(0 <= acc <= 1 for acc in results.values())
+
+
+def test_corrupt_object_in_the_remote_fails_the_pull(dvc_repo, tmp_path):
+    """With `verify` on (as the project's remote has it), `dvc pull` re-hashes what it
+    downloads: a corrupted object fails the pull, and nothing corrupt reaches the clone."""
+    repo, env = dvc_repo
+    storage = tmp_path / "storage"
+    run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
+    run(["dvc", "remote", "modify", "local", "verify", "true"], repo, env)
+    expected = commit_run(repo, env)
+    run(["dvc", "push"], repo, env)
+    # flip bytes in the object that holds the LeNet's weights
+    weights_md5 = hashlib.md5((repo / "models/lenet/model.pt").read_bytes()).hexdigest()
+    obj = storage / "files" / "md5" / weights_md5[:2] / weights_md5[2:]
+    data = bytearray(obj.read_bytes())
+    data[len(data) // 2] ^= 0xFF
+    obj.chmod(0o644)
+    obj.write_bytes(bytes(data))
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    pull = run(["dvc", "pull"], clone, env, check=False)
+    assert pull.returncode != 0, pull.stdout
+    weights = clone / "models/lenet/model.pt"
+    assert not weights.exists() or \
+        hashlib.sha256(weights.read_bytes()).hexdigest() == expected["models/lenet/model.pt"]
+    status = run(["dvc", "status", "--json"], clone, env).stdout
+    assert "train-lenet" in json.loads(status), status  # not silently clean
+
+
+def test_project_remote_verifies_downloads():
+    from tools import ROOT
+    config = (ROOT / ".dvc" / "config").read_text()
+    assert "verify = true" in config

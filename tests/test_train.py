@@ -301,3 +301,21 @@ def test_keep_freed_memory_keeps_activation_buffers_in_the_heap():
     assert mapped >= 16 << 20  # glibc's default: its own mmap, unmapped again on free
     mapped, free_in_heap = probe("tuned")
     assert mapped == 0 and free_in_heap >= 16 << 20  # from the heap, and kept there
+
+
+# ---------------------------------------------------------------- bf16 on the CPU
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet"])
+def test_bf16_is_deterministic_and_resumes_to_the_same_weights(prepared, name):
+    run_train(prepared, name, "a", epochs=2, amp="bf16", device="cpu")
+    run_train(prepared, name, "b", epochs=2, amp="bf16", device="cpu")
+    ref = weights_hash(prepared / "a/model/model.pt")
+    assert weights_hash(prepared / "b/model/model.pt") == ref
+    fp32 = run_train(prepared, name, "f", epochs=2, amp="none", device="cpu")
+    assert weights_hash(prepared / "f/model/model.pt") != ref  # bf16 really ran
+    assert fp32["params"]["amp"] == "none"
+    state = run_train_interrupted(prepared, name, "c", epochs=2, amp="bf16", device="cpu")
+    assert state["epoch"] == 1
+    run_train(prepared, name, "c", epochs=2, amp="bf16", device="cpu")
+    assert weights_hash(prepared / "c/model/model.pt") == ref

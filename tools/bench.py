@@ -37,7 +37,8 @@ from tools import ROOT
 from tools.smoke import make_repo, repo_env, tiny_overrides, update_params
 from tools.synthetic import write_dataset
 
-TARGETS = {"lenet": {"baseline": 4.0}, "alexnet": {"baseline": 1.4, "peak": 0.7}}
+TARGETS = {"lenet": {"baseline": 4.0},
+           "alexnet": {"baseline": 1.4, "peak": 0.7, "bf16_peak": 0.7, "bf16_speedup": 1.8}}
 NOOP_TARGET_S = 3.0
 
 
@@ -58,22 +59,32 @@ def timed_windows(steps: Iterator[int], windows: int, per_window: int,
     return rates
 
 
-def matmul_gflops(n: int = 1024, reps: int = 20, windows: int = 5) -> float:
-    """The machine's fp32 matmul peak: the best of several timed windows.
+PEAK_SIZES = (512, 1024, 2048)
+
+
+def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = PEAK_SIZES, windows: int = 5,
+                window_flop: float = 40e9) -> tuple[float, dict[int, float]]:
+    """The machine's matmul peak in ``dtype``: the best window over several sizes.
 
     The best, not the median: a window that a neighbour on a shared machine slowed down
     says nothing about the peak, and a low peak would flatter every fraction of it.
+    Several sizes, because which size runs fastest depends on the caches and the kernel
+    torch picks; one size alone moved by a third between runs.
     """
-    a, b = torch.randn(n, n), torch.randn(n, n)
-    for _ in range(3):
-        a @ b
-    rates = []
-    for _ in range(windows):
-        t0 = time.perf_counter()
-        for _ in range(reps):
+    by_size = {}
+    for n in sizes:
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        reps = max(2, round(window_flop / (2 * n**3)))
+        for _ in range(2):
             a @ b
-        rates.append(2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
-    return max(rates)
+        rates = []
+        for _ in range(windows):
+            t0 = time.perf_counter()
+            for _ in range(reps):
+                a @ b
+            rates.append(2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
+        by_size[n] = max(rates)
+    return max(by_size.values()), by_size
 
 
 def training_flops_per_image(model: nn.Module, batch: int = 32) -> float:
@@ -182,6 +193,42 @@ def noop_repro_seconds(env: dict[str, str]) -> tuple[float, str]:
     return statistics.median(times), where
 
 
+def bench_model(name: str, params: TrainParams, split: Split, prepared: Path,
+                windows: dict, base: float, peaks: dict[str, float]) -> dict:
+    """The project's loop in fp32 and in bf16, against the baseline and the peaks."""
+    n, per, warm = windows.get(name, (5, 10, 3))
+    flops = training_flops_per_image(spec(name).build(params.arch))
+    out: dict = {"baseline_img_s": base, "train_mflop_per_image": flops / 1e6}
+    for amp, label in (("none", "fp32"), ("bf16", "bf16")):
+        p = params.model_copy(update={"amp": amp})
+        rate = statistics.median(timed_windows(project_steps(name, p, split, prepared),
+                                               n, per, warm))
+        out[label] = {"img_s": rate, "achieved_gflops": rate * flops / 1e9,
+                      "fraction_of_peak": rate * flops / (peaks[label] * 1e9)}
+    out["project_img_s"] = out["fp32"]["img_s"]
+    out["ratio"] = out["fp32"]["img_s"] / base
+    out["bf16_over_fp32"] = out["bf16"]["img_s"] / out["fp32"]["img_s"]
+    t = TARGETS.get(name, {})
+    verdict = [f"ratio {out['ratio']:.2f}x (target {t['baseline']}x: "
+               f"{'met' if out['ratio'] >= t['baseline'] else 'NOT met'})"]
+    if "peak" in t:
+        frac = out["fp32"]["fraction_of_peak"]
+        verdict.append(f"fp32 peak fraction {frac:.2f} (target {t['peak']}: "
+                       f"{'met' if frac >= t['peak'] else 'NOT met'})")
+    if "bf16_peak" in t:
+        frac, speedup = out["bf16"]["fraction_of_peak"], out["bf16_over_fp32"]
+        verdict.append(f"bf16 peak fraction {frac:.2f} (target {t['bf16_peak']}: "
+                       f"{'met' if frac >= t['bf16_peak'] else 'NOT met'}), "
+                       f"bf16/fp32 {speedup:.2f}x (target {t['bf16_speedup']}x: "
+                       f"{'met' if speedup >= t['bf16_speedup'] else 'NOT met'})")
+    print(f"{name}: baseline {base:,.0f} img/s (batch 128); project (batch "
+          f"{params.batch_size}) fp32 {out['fp32']['img_s']:,.0f} img/s = "
+          f"{out['fp32']['fraction_of_peak']:.2f} of the fp32 peak, bf16 "
+          f"{out['bf16']['img_s']:,.0f} img/s = {out['bf16']['fraction_of_peak']:.2f} of the "
+          f"bf16 peak; {flops / 1e6:.1f} MFLOP/image; " + "; ".join(verdict))
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -200,9 +247,17 @@ def main() -> None:
     split = load_split(prepared, "train")
     stats = load_stats(prepared)
     results: dict[str, dict] = {}
-    peak = matmul_gflops()
-    print(f"fp32 matmul (1024x1024, torch, {torch.get_num_threads()} threads): "
-          f"{peak:.1f} GFLOP/s")
+    default_threads = torch.get_num_threads()
+    torch.set_num_threads(load_train(args.models[0], args.params).threads
+                          or torch.get_num_threads())
+    peaks = {}
+    for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
+        peaks[label], by_size = matmul_peak(dtype, windows=2 if args.quick else 5)
+        print(f"{label} matmul peak ({torch.get_num_threads()} threads, best window of "
+              f"sizes {', '.join(map(str, by_size))}): {peaks[label]:.1f} GFLOP/s "
+              f"({', '.join(f'{n}: {r:.0f}' for n, r in by_size.items())})")
+    print(f"bf16/fp32 matmul: {peaks['bf16'] / peaks['fp32']:.2f}x")
+    torch.set_num_threads(default_threads)  # the tutorial baseline: torch's default
     # (timed windows, steps per window, warm-up steps)
     windows = {"lenet": (7, 40, 10), "alexnet": (5, 4, 2)}
     if args.quick:
@@ -220,31 +275,13 @@ def main() -> None:
                                stats.std),
                 n, max(1, per * params.batch_size // 128), warm))
     for name, params in sections.items():
-        n, per, warm = windows.get(name, (5, 10, 3))
-        ours = statistics.median(timed_windows(
-            project_steps(name, params, split, prepared), n, per, warm))
-        flops = training_flops_per_image(spec(name).build(params.arch))
-        frac = ours * flops / (peak * 1e9)
-        ratio = ours / base[name]
-        results[name] = {"project_img_s": ours, "baseline_img_s": base[name],
-                         "ratio": ratio, "train_mflop_per_image": flops / 1e6,
-                         "achieved_gflops": ours * flops / 1e9, "fraction_of_peak": frac}
-        t = TARGETS.get(name, {})
-        verdict = [f"ratio {ratio:.2f}x (target {t['baseline']}x: "
-                   f"{'met' if ratio >= t['baseline'] else 'NOT met'})"]
-        if "peak" in t:
-            verdict.append(f"peak fraction {frac:.2f} (target {t['peak']}: "
-                           f"{'met' if frac >= t['peak'] else 'NOT met'})")
-        print(f"{name}: project {ours:,.0f} img/s (batch {params.batch_size}), "
-              f"baseline {base[name]:,.0f} img/s (batch 128); {flops / 1e6:.1f} MFLOP/image "
-              f"-> {ours * flops / 1e9:.1f} GFLOP/s = {frac:.2f} of matmul peak; "
-              + "; ".join(verdict))
+        results[name] = bench_model(name, params, split, prepared, windows, base[name], peaks)
     env = repo_env(os.environ.get("HOME", "/tmp"))
     noop, where = noop_repro_seconds(env)
     print(f"no-op dvc repro: {noop:.2f} s in {where} (target < {NOOP_TARGET_S:g} s: "
           f"{'met' if noop < NOOP_TARGET_S else 'NOT met'})")
     results["noop_repro_s"] = noop
-    results["matmul_gflops"] = peak
+    results["matmul_gflops"] = peaks
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

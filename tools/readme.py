@@ -96,7 +96,8 @@ def results_table(root: Path = ROOT) -> str:
         if not m:
             continue
         t = _read(root / "metrics" / "timings" / f"{name}.json")
-        meta_val = _last_val_accuracy(root / "metrics" / "curves" / f"{name}.tsv")
+        val = (m.get("val") or {}).get("accuracy")
+        meta_val = f"{val:.4f}" if val is not None else "n/a"
         secs, rate = t.get("train_seconds"), t.get("images_per_second")
         secs = f"{secs:,.0f} s" if secs is not None else "n/a"
         rate = f"{rate:,}" if rate is not None else "n/a"
@@ -105,17 +106,6 @@ def results_table(root: Path = ROOT) -> str:
             f"{meta_val} | **{m['test']['accuracy']:.4f}** | {m['test']['loss']:.3f} | "
             f"{secs} | {rate} |")
     return "\n".join(lines)
-
-
-def _last_val_accuracy(curves: Path) -> str:
-    if not curves.exists():
-        return "n/a"
-    rows = curves.read_text().splitlines()
-    if len(rows) < 2:
-        return "n/a"
-    header, last = rows[0].split("\t"), rows[-1].split("\t")
-    value = float(last[header.index("val_accuracy")])
-    return "n/a" if value != value else f"{value:.4f}"
 
 
 def blocks(root: Path = ROOT) -> dict[str, str]:

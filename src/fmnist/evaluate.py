@@ -65,6 +65,17 @@ def write_confusion_csv(path: Path, labels: np.ndarray, pred: np.ndarray) -> Non
     write_text(path, buf.getvalue())
 
 
+def last_validation(meta: dict[str, Any]) -> dict[str, float | None]:
+    """The last epoch's validation loss and accuracy, as training recorded them (None
+    where there was no validation split)."""
+    final = meta.get("final", {})
+    out = {}
+    for key in ("loss", "accuracy"):
+        value = final.get(f"val_{key}")
+        out[key] = value if isinstance(value, float) and value == value else None
+    return out
+
+
 def write_figures(name: str, title: str, cm: np.ndarray, test: Split, probs: np.ndarray,
                   params: EvaluateParams, out: Path) -> list[str]:
     """The PNGs of one model; returns which were written (file names in figures/)."""
@@ -102,6 +113,7 @@ def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateP
         "trainable_params": meta["trainable_params"],
         "epochs": meta["epochs"],
         "train": {"loss": train_scores["loss"], "accuracy": train_scores["accuracy"]},
+        "val": last_validation(meta),
         "test": test_scores,
     }
     write_json(out / f"{name}.json", metrics)

@@ -1,0 +1,121 @@
+"""Sharing for real: an S3 remote against moto's S3 server, the run-cache shared between
+clones, and the models fetched as registered artifacts."""
+
+import hashlib
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.support import free_port
+from tools.smoke import run
+
+pytestmark = pytest.mark.e2e
+
+
+def output_hashes(repo: Path) -> dict[str, str]:
+    out = {}
+    for top in ("data", "models", "metrics"):
+        for p in sorted((repo / top).rglob("*")):
+            if p.is_file() and p.name != ".gitignore" and "timings" not in p.parts:
+                out[str(p.relative_to(repo))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def ran(stdout: str) -> list[str]:
+    return [line.split("'")[1] for line in stdout.splitlines()
+            if line.startswith("Running stage")]
+
+
+def commit_run(repo, env) -> dict[str, str]:
+    run(["dvc", "repro"], repo, env)
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", "pipeline run"], repo, env)
+    return output_hashes(repo)
+
+
+@pytest.fixture
+def s3_server():
+    """moto's S3 server on 127.0.0.1 (as DVC's own dvc-s3 tests use), stopped after."""
+    from moto.server import ThreadedMotoServer
+    port = free_port()
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    try:
+        yield f"http://127.0.0.1:{port}"
+    finally:
+        server.stop()
+
+
+def s3_env(env: dict[str, str]) -> dict[str, str]:
+    """Credentials from the environment only; no metadata-service lookups."""
+    return {**env, "AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
+
+
+def test_s3_remote_push_status_and_pull(dvc_repo, tmp_path, s3_server):
+    import boto3
+    repo, env = dvc_repo
+    env = s3_env(env)
+    boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
+                 aws_access_key_id="testing",
+                 aws_secret_access_key="testing").create_bucket(Bucket="fmnist")
+    run(["dvc", "remote", "add", "-d", "s3", "s3://fmnist/cache"], repo, env)
+    run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server], repo, env)
+    run(["dvc", "remote", "modify", "s3", "verify", "true"], repo, env)
+    expected = commit_run(repo, env)
+    assert "testing" not in (repo / ".dvc/config").read_text()  # no credential written
+    pushed = run(["dvc", "push", "-r", "s3"], repo, env).stdout
+    assert "pushed" in pushed
+    status = run(["dvc", "status", "-c", "-r", "s3", "--json"], repo, env).stdout
+    assert json.loads(status) == {}, status
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    run(["dvc", "pull", "-r", "s3"], clone, env)
+    assert json.loads(run(["dvc", "status", "--json"], clone, env).stdout) == {}
+    assert ran(run(["dvc", "repro"], clone, env).stdout) == []
+    assert output_hashes(clone) == expected and len(expected) > 15
+
+    # and without credentials it fails fast instead of asking a metadata service
+    bare = {k: v for k, v in env.items() if not k.startswith("AWS_ACCESS")
+            and not k.startswith("AWS_SECRET")}
+    bare["AWS_EC2_METADATA_DISABLED"] = "true"
+    bare["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
+    fail = run(["dvc", "push", "-r", "s3"], repo, bare, check=False)
+    assert fail.returncode != 0 or "Everything is up to date" in fail.stdout
+
+
+def test_run_cache_shared_between_clones(dvc_repo, tmp_path):
+    """Clone A runs an experiment and pushes the run-cache; clone B restores the same
+    experiment's training from it instead of training again."""
+    repo, env = dvc_repo
+    storage = tmp_path / "storage"
+    run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
+    commit_run(repo, env)
+    run(["dvc", "push"], repo, env)
+    exp_a = run(["dvc", "exp", "run", "-S", "train_lenet.lr=0.02"], repo, env).stdout
+    assert "train-lenet" in ran(exp_a)
+    lenet_a = output_hashes(repo)["models/lenet/model.pt"]
+    run(["dvc", "push", "--run-cache"], repo, env)
+
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
+    run(["dvc", "pull", "--run-cache"], clone, env)
+    exp_b = run(["dvc", "exp", "run", "-S", "train_lenet.lr=0.02"], clone, env).stdout
+    assert "train-lenet" not in ran(exp_b), exp_b
+    assert "Stage 'train-lenet' is cached - skipping run" in exp_b, exp_b
+    assert output_hashes(clone)["models/lenet/model.pt"] == lenet_a
+
+
+def test_models_are_artifacts_dvc_can_get(dvc_repo, tmp_path):
+    repo, env = dvc_repo
+    storage = tmp_path / "storage"
+    run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
+    expected = commit_run(repo, env)
+    run(["dvc", "push"], repo, env)
+    out = tmp_path / "got"
+    run(["dvc", "artifacts", "get", str(repo), "lenet", "-o", str(out)], tmp_path, env)
+    for name in ("model.pt", "meta.json"):
+        got = hashlib.sha256((out / name).read_bytes()).hexdigest()
+        assert got == expected[f"models/lenet/{name}"]
