@@ -102,7 +102,10 @@ def test_run_cache_shared_between_clones(dvc_repo, tmp_path):
     clone = tmp_path / "clone"
     run(["git", "clone", "-q", str(repo), str(clone)], tmp_path, env)
     run(["dvc", "pull", "--run-cache"], clone, env)
-    exp_b = run(["dvc", "exp", "run", "-S", "train_lenet.lr=0.02"], clone, env).stdout
+    # --pull: fetch the outputs that a run-cache entry names, which the clone's own
+    # commits do not reference
+    exp_b = run(["dvc", "exp", "run", "--pull", "-S", "train_lenet.lr=0.02"], clone,
+                env).stdout
     assert "train-lenet" not in ran(exp_b), exp_b
     assert "Stage 'train-lenet' is cached - skipping run" in exp_b, exp_b
     assert output_hashes(clone)["models/lenet/model.pt"] == lenet_a
@@ -114,6 +117,9 @@ def test_models_are_artifacts_dvc_can_get(dvc_repo, tmp_path):
     run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
     expected = commit_run(repo, env)
     run(["dvc", "push"], repo, env)
+    # a version is registered as GTO does it: an annotated git tag NAME@vX.Y.Z
+    run(["git", "tag", "-a", "lenet@v1.0.0", "-m", "Registering artifact lenet version v1.0.0"],
+        repo, env)
     out = tmp_path / "got"
     run(["dvc", "artifacts", "get", str(repo), "lenet", "-o", str(out)], tmp_path, env)
     for name in ("model.pt", "meta.json"):
