@@ -1,5 +1,6 @@
 import ctypes
 import io
+import json
 import shutil
 import signal
 import subprocess
@@ -319,3 +320,27 @@ def test_bf16_is_deterministic_and_resumes_to_the_same_weights(prepared, name):
     assert state["epoch"] == 1
     run_train(prepared, name, "c", epochs=2, amp="bf16", device="cpu")
     assert weights_hash(prepared / "c/model/model.pt") == ref
+
+
+def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+    import fmnist.runtime as runtime
+    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_bf16"])
+    assert runtime.resolve_amp("auto", cpu) == "bf16"
+    assert runtime.resolve_amp("auto", cuda) == "none"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "amx_bf16"])
+    assert runtime.resolve_amp("auto", cpu) == "bf16"
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "avx512f"])
+    assert runtime.resolve_amp("auto", cpu) == "none"
+    assert runtime.resolve_amp("bf16", cpu) == "bf16"  # asked for: emulated, but honoured
+
+
+def test_the_precision_that_ran_is_recorded(prepared):
+    from fmnist.runtime import native_bf16
+    meta = run_train(prepared, "lenet", "a", amp="auto", device="cpu")
+    ran = "bf16" if native_bf16() else "none"
+    assert meta["params"]["amp"] == ran
+    timings = json.loads((prepared / "a/timings.json").read_text())
+    assert timings["precision"] == ran
+    assert set(timings["environment"]["cpu_flags"]) <= {
+        "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}

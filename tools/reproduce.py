@@ -53,19 +53,23 @@ def explain(clone: Path, stage: str, committed_timings: str | None) -> list[str]
     if not stage.startswith("train-"):
         return []
     here = clone / "metrics" / "timings" / f"{name}.json"
-    before = json.loads(committed_timings).get("environment", {}) if committed_timings else {}
-    after = json.loads(here.read_text()).get("environment", {}) if here.exists() else {}
+    then = json.loads(committed_timings) if committed_timings else {}
+    now = json.loads(here.read_text()) if here.exists() else {}
+    before, after = then.get("environment", {}), now.get("environment", {})
     if not before or "note" in before:
         return ["the committed run recorded no environment to compare with"]
-    diff = environment_diff(before, after)
-    lines = diff or ["the environment matches the committed record: the code, data or "
-                     "params differ, or a kernel is not deterministic here"]
-    amp = yaml.safe_load((clone / "params.yaml").read_text())[f"train_{name}"].get("amp")
-    if amp == "bf16" and "avx512_bf16" in before.get("cpu_flags", []) \
-            and "avx512_bf16" not in after.get("cpu_flags", []):
+    lines = environment_diff(before, after)
+    if then.get("precision") != now.get("precision"):
+        lines.append(f"precision: the committed run trained in {then.get('precision')}, "
+                     f"this one in {now.get('precision')}")
+    native = {"avx512_bf16", "amx_bf16"}
+    if then.get("precision") == "bf16" and native & set(before.get("cpu_flags", [])) \
+            and not native & set(after.get("cpu_flags", [])):
         lines.append("the committed run trained in bf16 on a CPU with native bf16 "
-                     "(AVX512-BF16); this CPU emulates it, with other rounding")
-    return lines
+                     "(AVX512-BF16/AMX); this CPU has none (amp: auto trains in fp32 "
+                     "here, and bf16 would be emulated with other rounding)")
+    return lines or ["the environment matches the committed record: the code, data or "
+                     "params differ, or a kernel is not deterministic here"]
 
 
 def reproduce(repo: Path, stages: list[str], workdir: Path) -> bool:

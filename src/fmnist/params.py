@@ -176,7 +176,9 @@ class TrainParams(Strict):
     augment: Augment
     seed: int = Field(ge=0, le=SEED_MAX)
     device: Literal["auto", "cpu", "cuda", "mps"]
-    amp: Literal["none", "bf16", "fp16"]  # not "off": YAML 1.1 reads that as false
+    # mixed precision; auto: bf16 on a CPU with native bf16, else none. Not "off": YAML
+    # 1.1 reads that as false.
+    amp: Literal["none", "bf16", "fp16", "auto"]
     threads: int = Field(ge=0, le=1024, description="CPU threads; 0 = torch's default")
     eval_batch_size: int = Field(ge=1, le=100_000)
     distributed: Distributed

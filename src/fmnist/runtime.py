@@ -112,6 +112,21 @@ def teardown_runtime() -> None:
         dist.destroy_process_group()
 
 
+def native_bf16() -> bool:
+    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 matmuls
+    run at 2-4x fp32; elsewhere torch emulates it, slower than fp32."""
+    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+
+
+def resolve_amp(amp: str, device: torch.device) -> str:
+    """``auto`` -> ``bf16`` on a CPU with native bf16, else ``none``. On GPUs it stays
+    ``none``: for networks this small bf16 did not pay on an H100 (fp32 convolutions
+    already run in TF32 there), see docs/experiments.md."""
+    if amp != "auto":
+        return amp
+    return "bf16" if device.type == "cpu" and native_bf16() else "none"
+
+
 def autocast(device: torch.device, amp: str):
     if amp == "none":
         return contextlib.nullcontext()

@@ -28,7 +28,7 @@ from fmnist.data import Split, Stats, load_split, load_stats
 from fmnist.models import count_parameters, spec
 from fmnist.params import TrainParams
 from fmnist.resume import Progress, fingerprint, load_state, progress_of, save_state
-from fmnist.runtime import Runtime, autocast, environment, setup_runtime
+from fmnist.runtime import Runtime, autocast, environment, resolve_amp, setup_runtime
 from fmnist.seeds import derive_seed
 
 CURVE_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
@@ -308,6 +308,7 @@ def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: R
 
 def timings(data: Data, params: TrainParams, rt: Runtime, progress: Progress) -> dict:
     return {
+        "precision": params.amp,
         "train_seconds": round(progress.elapsed, 2),
         # training steps only (no validation): the rate `make bench` measures
         "images_per_second": round(data.shard * rt.world * params.epochs
@@ -323,6 +324,8 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime | None = 
           resume: bool = True) -> dict[str, Any]:
     """Train model ``name``; write model.pt, meta.json and the curves; return the meta."""
     rt = rt or setup_runtime(params.device, params.threads, params.distributed.backend)
+    # From here on params.amp is the precision that runs (meta.json records it)
+    params = params.model_copy(update={"amp": resolve_amp(params.amp, rt.device)})
     if params.amp == "fp16" and rt.device.type != "cuda":
         raise UserError(f"train_{name}.amp: 'fp16' needs a CUDA device; use 'bf16' or "
                         "'none' on this machine")
