@@ -1,14 +1,13 @@
 """DVC stage `download`: fetch and verify the raw Fashion-MNIST files into data/raw/."""
 
-import argparse
 
-from fmnist.common import run_stage
+from fmnist.common import StageArgumentParser, run_stage
 from fmnist.download import download
 from fmnist.params import DownloadParams, load_section
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = StageArgumentParser(description=__doc__)
     parser.add_argument("--out", default="data/raw")
     parser.add_argument("--params", default="params.yaml")
     args = parser.parse_args()

@@ -1,15 +1,14 @@
 """DVC stage `evaluate`: test both models; write metrics, plot data, figures and the report."""
 
-import argparse
 
-from fmnist.common import UserError, run_stage
+from fmnist.common import StageArgumentParser, UserError, run_stage
 from fmnist.evaluate import evaluate
 from fmnist.models import REGISTRY
 from fmnist.params import EvaluateParams, load_section
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = StageArgumentParser(description=__doc__)
     parser.add_argument("--params", default="params.yaml")
     parser.add_argument("--models", nargs="+", default=list(REGISTRY))
     args = parser.parse_args()

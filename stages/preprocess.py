@@ -1,14 +1,13 @@
 """DVC stage `preprocess`: parse the IDX files, hold out validation, write data/prepared/."""
 
-import argparse
 
-from fmnist.common import run_stage
+from fmnist.common import StageArgumentParser, run_stage
 from fmnist.params import PreprocessParams, load_section
 from fmnist.preprocess import preprocess
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+    parser = StageArgumentParser(description=__doc__)
     parser.add_argument("--raw", default="data/raw")
     parser.add_argument("--out", default="data/prepared")
     parser.add_argument("--params", default="params.yaml")

@@ -11,14 +11,14 @@ import os
 import subprocess
 import sys
 
-from fmnist.common import run_stage
+from fmnist.common import StageArgumentParser, UserError, run_stage
 from fmnist.params import TRAIN_PARAMS, load_runtime, load_train
-from fmnist.runtime import check_backend, setup_runtime, teardown_runtime
+from fmnist.runtime import check_launch, setup_runtime, teardown_runtime
 from fmnist.train import RunPaths, train
 
 
 def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
+    parser = StageArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("model", help=" | ".join(TRAIN_PARAMS))
     parser.add_argument("--params", default="params.yaml")
@@ -29,7 +29,11 @@ def main() -> None:
 
     d = params.distributed
     if d.world > 1 and "LOCAL_RANK" not in os.environ:
-        check_backend(d.backend, params.device)
+        check_launch(params.device, d.backend)
+        for split in ("train.pt", "val.pt", "stats.json"):  # what every rank reads first
+            if not os.path.exists(os.path.join(args.prepared, split)):
+                raise UserError(f"{args.prepared}/{split} not found: run "
+                                "`dvc repro preprocess` first")
         cmd = [sys.executable, "-m", "torch.distributed.run",
                f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
                f"--node_rank={runtime.node_rank}", f"--master_addr={runtime.master_addr}",

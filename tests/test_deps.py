@@ -20,19 +20,22 @@ def copy_project(tmp_path: Path) -> Path:
     return tmp_path
 
 
-def test_a_missing_dep_is_named(tmp_path):
+def with_deps(tmp_path: Path, stage: str, edit) -> Path:
+    """A copy of the project whose dvc.yaml has ``edit`` applied to ``stage``'s deps."""
     repo = copy_project(tmp_path)
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
-    dvc["stages"]["evaluate"]["deps"].remove("src/fmnist/report.py")
+    edit(dvc["stages"][stage]["deps"])
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    return repo
+
+
+def test_a_missing_dep_is_named(tmp_path):
+    repo = with_deps(tmp_path, "evaluate", lambda d: d.remove("src/fmnist/report.py"))
     assert problems(repo) == ["evaluate: runs src/fmnist/report.py but does not list it in deps"]
 
 
 def test_a_superfluous_dep_is_named(tmp_path):
-    repo = copy_project(tmp_path)
-    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
-    dvc["stages"]["download"]["deps"].append("src/fmnist/train.py")
-    (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc))
+    repo = with_deps(tmp_path, "download", lambda d: d.append("src/fmnist/train.py"))
     assert problems(repo) == ["download: lists src/fmnist/train.py in deps but does not run it"]
 
 

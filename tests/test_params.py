@@ -93,3 +93,23 @@ def test_val_size_too_large(workdir, val_size, needle):
     proc = run_script(workdir, "stages/preprocess.py")
     assert_one_line_error(proc, "preprocess.val_size", needle)
     assert not (workdir / "data" / "prepared").exists()
+
+
+@pytest.mark.parametrize("args, needle", [
+    (["stages/train.py"], "the following arguments are required: model"),
+    (["stages/train.py", "lenet", "--bogus"], "unrecognized arguments: --bogus"),
+    (["stages/evaluate.py", "--models"], "expected at least one argument"),
+    (["stages/preprocess.py", "--params", "stages"], "cannot read stages"),
+])
+def test_bad_command_line_is_one_line(workdir, args, needle):
+    proc = run_script(workdir, *args)
+    one_line(proc, needle)
+
+
+def test_distributed_launch_checks_before_torchrun(workdir):
+    from tests.support import free_port
+    set_params(workdir, {"train_lenet": {"distributed": {"nproc": 2}},
+                         "runtime": {"master_port": free_port()}})
+    proc = run_script(workdir, "stages/train.py", "lenet")  # nothing prepared yet
+    one_line(proc, "data/prepared/train.pt not found", "dvc repro preprocess")
+    assert "torch.distributed" not in proc.stderr

@@ -52,9 +52,11 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device(requested)
 
 
-def check_backend(backend: str, device: str) -> None:
-    """Refuse, before any process starts, a backend the device cannot use."""
-    if backend == "nccl" and resolve_device(device).type != "cuda":
+def check_launch(device: str, backend: str) -> None:
+    """What every rank would fail on, checked once before torchrun starts any: the
+    device must exist, and nccl needs CUDA."""
+    dev = resolve_device(device)
+    if backend == "nccl" and dev.type != "cuda":
         raise UserError(f"distributed.backend 'nccl' needs a CUDA device, and device "
                         f"'{device}' is not one here; use 'gloo' or 'auto'")
 
