@@ -36,7 +36,8 @@ def evaluated(tmp_path_factory, synthetic):
 def test_metrics_files(evaluated):
     for name in ("lenet", "alexnet"):
         m = json.loads((evaluated / f"metrics/{name}.json").read_text())
-        assert set(m) == {"trainable_params", "epochs", "train", "val", "test"}  # no times
+        assert set(m) == {"trainable_params", "epochs", "train", "val", "test",
+                          "test_views"}  # no wall times
         assert 0.0 <= m["val"]["accuracy"] <= 1.0
         assert set(m["train"]) == {"loss", "accuracy"}
         for key in ("accuracy", "macro_f1", "weighted_f1", "top2_accuracy"):
@@ -129,7 +130,8 @@ def test_report_has_the_write_ups_tables(evaluated):
     report = (evaluated / "metrics/report.md").read_text()
     m = json.loads((evaluated / "metrics/lenet.json").read_text())
     results = report.split("## LeNet-5")[1].split("### Results")[1].split("![")[0]
-    rows = [line.split("|")[1].strip() for line in results.strip().splitlines()[2:]]
+    table = [line for line in results.strip().splitlines() if line.startswith("|")]
+    rows = [line.split("|")[1].strip() for line in table[2:]]
     assert rows == ["Trainable Parameters", "Training Loss", "Training Accuracy",
                     "Test Loss", "Test Accuracy"]
     assert f"| Test Accuracy | {m['test']['accuracy']:.4f} |" in results
@@ -137,6 +139,37 @@ def test_report_has_the_write_ups_tables(evaluated):
     assert "## Side by side" in report and "| LeNet-5 | Scaled-down AlexNet |" in report
     assert "## Per-class F1 (test)" in report and "| Ankle boot |" in report
     assert "figures/alexnet_misclassified.png" in report
+
+
+def test_both_views_of_the_test_set_are_reported(evaluated, tmp_path):
+    m = json.loads((evaluated / "metrics/lenet.json").read_text())
+    views = m["test_views"]
+    assert views["headline"] == "none" and m["test"]["accuracy"] == views["single"]["accuracy"]
+    assert 0 <= views["hflip"]["accuracy"] <= 1
+    report = (evaluated / "metrics/report.md").read_text()
+    assert f"single view {views['single']['accuracy']:.4f}" in report
+    assert "held out for validation" in report
+
+
+def test_hflip_tta_averages_the_logits_of_the_image_and_its_mirror():
+    import torch
+
+    from fmnist.checkpoint import predict_logits
+    from fmnist.data import Split
+
+    class Probe(torch.nn.Module):  # logits that tell an image from its mirror
+        def forward(self, x):
+            left, right = x[..., :14].sum((1, 2, 3)), x[..., 14:].sum((1, 2, 3))
+            return torch.stack([left, right, *([torch.zeros_like(left)] * 8)], 1)
+
+    images = torch.zeros(3, 28, 28, dtype=torch.uint8)
+    images[:, :, :5] = 255  # bright on the left only
+    split = Split(images, torch.zeros(3, dtype=torch.int64))
+    one = predict_logits(Probe(), split, None, 2, torch.device("cpu"))
+    both = predict_logits(Probe(), split, None, 2, torch.device("cpu"), hflip=True)
+    assert one[0, 0] > 0 and one[0, 1] == 0
+    torch.testing.assert_close(both[:, 0], both[:, 1])  # symmetric after averaging
+    torch.testing.assert_close(both[:, 0], one[:, 0] / 2)
 
 
 def test_missing_checkpoint_names_the_stage(evaluated):

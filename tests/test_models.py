@@ -126,7 +126,7 @@ def test_readme_results_table_follows_the_metrics(tmp_path):
     (tmp_path / "metrics/timings/lenet.json").write_text(
         json.dumps({"train_seconds": 12.3, "images_per_second": 4567}))
     table = readme.results_table(tmp_path)
-    assert "| LeNet-5 | 44,426 | 3 | 0.8123 | **0.8765** | 0.432 | 12 s | 4,567 |" in table
+    assert "| LeNet-5 | 44,426 | 3 | 0.8123 | **0.8765** | n/a | 0.432 | 12 s | 4,567 |" in table
     assert "AlexNet" not in table  # no metrics, no row
 
 

@@ -89,8 +89,8 @@ def _read(path: Path) -> dict[str, Any]:
 def results_table(root: Path = ROOT) -> str:
     """One row per model from the committed metrics and timings."""
     lines = ["| Model | Parameters | Epochs | Val accuracy (last epoch) | Test accuracy "
-             "| Test loss | Training time | Training images/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|"]
+             "| Single view / image + mirror | Test loss | Training time | Training images/s |",
+             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
     for name in REGISTRY:
         m = _read(root / "metrics" / f"{name}.json")
         if not m:
@@ -101,10 +101,13 @@ def results_table(root: Path = ROOT) -> str:
         secs, rate = t.get("train_seconds"), t.get("images_per_second")
         secs = f"{secs:,.0f} s" if secs is not None else "n/a"
         rate = f"{rate:,}" if rate is not None else "n/a"
+        views = m.get("test_views")
+        views = (f"{views['single']['accuracy']:.4f} / {views['hflip']['accuracy']:.4f}"
+                 if views else "n/a")
         lines.append(
             f"| {spec(name).title} | {m['trainable_params']:,} | {m['epochs']} | "
-            f"{meta_val} | **{m['test']['accuracy']:.4f}** | {m['test']['loss']:.3f} | "
-            f"{secs} | {rate} |")
+            f"{meta_val} | **{m['test']['accuracy']:.4f}** | {views} | "
+            f"{m['test']['loss']:.3f} | {secs} | {rate} |")
     return "\n".join(lines)
 
 

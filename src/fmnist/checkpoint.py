@@ -89,13 +89,20 @@ def load_checkpoint(model_dir: str | Path, stage: str) -> tuple[nn.Module, dict[
 
 @torch.no_grad()
 def predict_logits(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
-                   device: torch.device, amp: str = "none") -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image of ``split``, in order."""
+                   device: torch.device, amp: str = "none",
+                   hflip: bool = False) -> torch.Tensor:
+    """Logits (float32, on the CPU) for every image of ``split``, in order. With
+    ``hflip``, the mean of the logits of each image and of its mirror image (the models
+    train with horizontal flips, so both are images they know)."""
     model.eval()
     out = []
     for x, _ in eval_batches(split, batch_size, stats):
+        x = x.to(device, non_blocking=True)
         with autocast(device, amp):
-            out.append(model(x.to(device, non_blocking=True)).float().cpu())
+            logits = model(x).float()
+            if hflip:
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits.cpu())
     return torch.cat(out) if out else torch.empty(0, 10)
 
 

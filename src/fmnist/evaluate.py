@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
+import json
 from pathlib import Path
 from typing import Any
 
@@ -49,10 +50,12 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
 
 
 def probabilities(model: torch.nn.Module, split: Split, meta: dict[str, Any],
-                  params: EvaluateParams, device: torch.device) -> np.ndarray:
+                  params: EvaluateParams, device: torch.device,
+                  hflip: bool = False) -> np.ndarray:
     norm = meta.get("normalize")
     stats = Stats(norm["mean"], norm["std"]) if norm else None
-    logits = predict_logits(model.to(device), split, stats, params.batch_size, device)
+    logits = predict_logits(model.to(device), split, stats, params.batch_size, device,
+                            hflip=hflip)
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
@@ -100,7 +103,10 @@ def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateP
     model, meta = load_checkpoint(model_dir, f"train-{name}")
     train, test = load_split(prepared, "train"), load_split(prepared, "test")
     train_probs = probabilities(model, train, meta, params, device)
-    test_probs = probabilities(model, test, meta, params, device)
+    # Both views of the test set, always: the headline is the one params.tta names
+    views = {view: probabilities(model, test, meta, params, device, hflip=view == "hflip")
+             for view in ("none", "hflip")}
+    test_probs = views[params.tta]
     y_train, y_test = train.labels.numpy(), test.labels.numpy()
     train_scores = scores(y_train, train_probs)
     test_scores = scores(y_test, test_probs)
@@ -115,10 +121,21 @@ def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateP
         "train": {"loss": train_scores["loss"], "accuracy": train_scores["accuracy"]},
         "val": last_validation(meta),
         "test": test_scores,
+        "test_views": {"headline": params.tta, **{
+            ("single" if view == "none" else view): {
+                "accuracy": float(accuracy_score(y_test, probs.argmax(1))),
+                "loss": float(log_loss(y_test, probs, labels=LABELS))}
+            for view, probs in views.items()}},
     }
     write_json(out / f"{name}.json", metrics)
     return {"name": name, "meta": meta, "metrics": metrics, "confusion": cm.tolist(),
             "figures": figures_written}
+
+
+def split_counts(prepared: Path) -> dict[str, int]:
+    """Images per split, as preprocess wrote them (val 0: the final refit on all 60,000)."""
+    counts = json.loads((prepared / "stats.json").read_text()).get("counts", {})
+    return {k: int(v) for k, v in counts.items()}
 
 
 def evaluate(models: list[str], params: EvaluateParams, prepared: str | Path = "data/prepared",
@@ -128,5 +145,5 @@ def evaluate(models: list[str], params: EvaluateParams, prepared: str | Path = "
     out, prepared, models_dir = Path(out), Path(prepared), Path(models_dir)
     device = resolve_device(params.device)
     results = [evaluate_model(m, models_dir / m, prepared, params, out, device) for m in models]
-    write_report(results, out / "report.md")
+    write_report(results, out / "report.md", split_counts(prepared))
     return results

@@ -225,6 +225,8 @@ class EvaluateParams(Strict):
     batch_size: int = Field(ge=1, le=100_000)
     misclassified: int = Field(ge=0, le=100, description="images in the error grid")
     device: Literal["auto", "cpu", "cuda", "mps"]
+    # test-time augmentation: average the logits of each image and its mirror image
+    tta: Literal["none", "hflip"] = "none"
 
 
 # ---------------------------------------------------------------- loading

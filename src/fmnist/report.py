@@ -52,6 +52,29 @@ def results_rows(m: dict[str, Any]) -> list[list[str]]:
     ]
 
 
+def views_note(m: dict[str, Any]) -> list[str]:
+    """Which view of the test set the headline numbers are, and the other one."""
+    v = m.get("test_views")
+    if not v:
+        return []
+    single, mirror = v["single"]["accuracy"], v["hflip"]["accuracy"]
+    head = ("the mean of the logits of each test image and its mirror image (test-time "
+            "augmentation, `evaluate.tta: hflip`)" if v["headline"] == "hflip"
+            else "each test image once (`evaluate.tta: none`)")
+    return [f"Test figures above: {head}. Test accuracy single view {single:.4f}, "
+            f"image + mirror {mirror:.4f}.", ""]
+
+
+def data_note(counts: dict[str, int] | None) -> list[str]:
+    if not counts:
+        return []
+    if counts.get("val", 0) == 0:
+        return [f"Trained on all {counts.get('train', 0):,} training images (the final "
+                "refit: no validation split, so no validation figures).", ""]
+    return [f"Trained on {counts.get('train', 0):,} training images; {counts['val']:,} held "
+            "out for validation (the curves' validation figures).", ""]
+
+
 FIGURE_CAPTIONS = {"confusion": "confusion matrix", "curves": "training curves",
                    "misclassified": "most confident mistakes"}
 
@@ -66,18 +89,19 @@ def figure_links(name: str, written: list[str]) -> list[str]:
     return [" ".join(links)] if links else []
 
 
-def render(results: list[dict[str, Any]]) -> str:
+def render(results: list[dict[str, Any]], counts: dict[str, int] | None = None) -> str:
     out = ["# Fashion-MNIST results", "",
            "Written by the `evaluate` stage from the checkpoints and params of this commit; "
            "compare commits with `dvc metrics diff`. Training times are in "
            "`metrics/timings/` (they are not results: `dvc metrics show` lists them).",
-           ""]
+           "", *data_note(counts)]
     for r in results:
         m, meta, name = r["metrics"], r["meta"], r["name"]
         out += [f"## {meta['title']}", "", "### Hyperparameters", ""]
         out += _table(["Hyperparameter", "Value"], hyperparameters(meta["params"]), "ll")
         out += ["", "### Results", ""]
         out += _table(["Metric", "Value"], results_rows(m))
+        out += ["", *views_note(m)]
         out += ["", *figure_links(name, r.get("figures", [])), ""]
 
     titles = [r["meta"]["title"] for r in results]
@@ -101,5 +125,6 @@ def render(results: list[dict[str, Any]]) -> str:
     return "\n".join(out) + "\n"
 
 
-def write_report(results: list[dict[str, Any]], path: Path) -> None:
-    write_text(path, render(results))
+def write_report(results: list[dict[str, Any]], path: Path,
+                 counts: dict[str, int] | None = None) -> None:
+    write_text(path, render(results, counts))
