@@ -55,7 +55,8 @@ def training_curves(tsv: Path, title: str, path: Path) -> bool:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, what in ((ax1, "loss"), (ax2, "accuracy")):
         ax.plot(c["epoch"], c[f"train_{what}"], marker="o", label="train")
-        ax.plot(c["epoch"], c[f"val_{what}"], marker="o", label="validation")
+        if any(v == v for v in c[f"val_{what}"]):  # a final refit has no validation
+            ax.plot(c["epoch"], c[f"val_{what}"], marker="o", label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)
         ax.grid(alpha=0.3)
