@@ -1,4 +1,5 @@
 import json
+import shutil
 
 import numpy as np
 import pytest
@@ -142,13 +143,28 @@ def test_report_has_the_write_ups_tables(evaluated):
 
 
 def test_both_views_of_the_test_set_are_reported(evaluated, tmp_path):
+    import yaml
+    tta = yaml.safe_load((evaluated / "params.yaml").read_text())["evaluate"]["tta"]
     m = json.loads((evaluated / "metrics/lenet.json").read_text())
     views = m["test_views"]
-    assert views["headline"] == "none" and m["test"]["accuracy"] == views["single"]["accuracy"]
-    assert 0 <= views["hflip"]["accuracy"] <= 1
+    headline = "single" if tta == "none" else tta
+    assert views["headline"] == tta and m["test"]["accuracy"] == views[headline]["accuracy"]
+    assert 0 <= views["hflip"]["accuracy"] <= 1 and 0 <= views["single"]["accuracy"] <= 1
     report = (evaluated / "metrics/report.md").read_text()
     assert f"single view {views['single']['accuracy']:.4f}" in report
+    assert f"image + mirror {views['hflip']['accuracy']:.4f}" in report
     assert "held out for validation" in report
+    # the other setting makes the other view the headline
+    from tests.support import set_params
+    other = "none" if tta == "hflip" else "hflip"
+    wd = make_workdir(tmp_path, ("unused", {}))  # stages + params only; data reused below
+    shutil.copytree(evaluated / "data", wd / "data")
+    shutil.copytree(evaluated / "models", wd / "models")
+    set_params(wd, {"evaluate": {"tta": other}})
+    run_stages(wd, "evaluate")
+    m2 = json.loads((wd / "metrics/lenet.json").read_text())
+    assert m2["test_views"] == {**views, "headline": other}
+    assert m2["test"]["accuracy"] == views["single" if other == "none" else other]["accuracy"]
 
 
 def test_hflip_tta_averages_the_logits_of_the_image_and_its_mirror():
