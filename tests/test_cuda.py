@@ -11,9 +11,11 @@ import warnings
 import pytest
 import torch
 
+from fmnist.batching import epoch_order, train_batches
 from fmnist.checkpoint import load_checkpoint, predict_logits
 from fmnist.data import load_split, load_stats
 from fmnist.models import build_model
+from fmnist.params import Augment
 from tests.support import run_stages, run_train, run_train_interrupted, set_params, weights_hash
 
 pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
@@ -34,6 +36,23 @@ def test_models_compute_the_same_on_cuda_as_on_the_cpu(name):
     torch.testing.assert_close(gpu(x.to(CUDA)).cpu(), cpu(x))
     for (k, p_cpu), p_gpu in zip(cpu.named_parameters(), gpu.parameters(), strict=True):
         torch.testing.assert_close(p_gpu.grad.cpu(), p_cpu.grad, msg=k)
+
+
+def test_batches_built_on_the_gpu_are_the_cpu_batches(prepared):
+    """Training keeps the uint8 split on the GPU and crops, flips and erases there: the
+    same random draws (from the CPU generator), the same pixels, bit for bit."""
+    split = load_split(prepared / "data/prepared", "train")
+    stats = load_stats(prepared / "data/prepared")
+    augment = Augment(crop_padding=2, hflip=True, erase=0.5)
+    order = epoch_order(len(split), seed=3, epoch=1)
+    batches = {}
+    for where, s in (("cpu", split), ("cuda", split.to(CUDA))):
+        gen = torch.Generator().manual_seed(7)
+        batches[where] = list(train_batches(s, 64, order, stats, augment, gen))
+    assert len(batches["cpu"]) == len(batches["cuda"]) > 1
+    for (xc, yc), (xg, yg) in zip(batches["cpu"], batches["cuda"], strict=True):
+        assert xg.device.type == "cuda" and yg.device.type == "cuda"
+        assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
 
 
 @pytest.mark.parametrize("name", ["lenet", "alexnet"])

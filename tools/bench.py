@@ -43,18 +43,21 @@ NOOP_TARGET_S = 3.0
 
 
 def timed_windows(steps: Iterator[int], windows: int, per_window: int,
-                  warmup: int) -> list[float]:
+                  warmup: int, sync=lambda: None) -> list[float]:
     """Images/second in each of ``windows`` windows of ``per_window`` steps after warm-up.
 
-    ``steps`` yields the number of images each training step consumed.
+    ``steps`` yields the number of images each training step consumed; ``sync`` waits
+    for queued device work (a GPU's), so that a window times the steps it ran.
     """
     for _ in range(warmup):
         next(steps)
     rates = []
     for _ in range(windows):
+        sync()
         t0, n = time.perf_counter(), 0
         for _ in range(per_window):
             n += next(steps)
+        sync()
         rates.append(n / (time.perf_counter() - t0))
     return rates
 
@@ -110,9 +113,11 @@ def stock_layers(model: nn.Module) -> nn.Module:
     return model
 
 
-def project_steps(name: str, params: TrainParams, split: Split,
-                  prepared: Path) -> Iterator[int]:
-    device = setup_runtime("cpu", params.threads).device
+def project_steps(name: str, params: TrainParams, split: Split, prepared: Path,
+                  device: str = "cpu") -> Iterator[int]:
+    """The project's training steps; batched where ``split`` lives (as ``train`` does:
+    on the GPU when training there)."""
+    device = setup_runtime(device, params.threads).device
     trainer = make_trainer(name, params, device, total_steps=10**6)
     trainer.model.train()
     stats = load_stats(prepared) if params.normalize else None
@@ -229,6 +234,32 @@ def bench_model(name: str, params: TrainParams, split: Split, prepared: Path,
     return out
 
 
+def bench_gpu(names: list[str], params_path: str, split: Split, prepared: Path,
+              quick: bool) -> dict:
+    """On a CUDA device: each model's training rate in fp32 and bf16, with the uint8 split
+    batched and augmented on the host (each batch then copied over) and on the GPU (what
+    ``train`` does there)."""
+    import torch.cuda
+
+    out: dict = {"device": torch.cuda.get_device_name()}
+    on_gpu = split.to(torch.device("cuda"))
+    for name in names:
+        params = load_train(name, params_path)
+        out[name] = {}
+        for amp in ("none", "bf16"):
+            p = params.model_copy(update={"amp": amp})
+            for where, s in (("host", split), ("gpu", on_gpu)):
+                rates = timed_windows(project_steps(name, p, s, prepared, "cuda"),
+                                      *((2, 5, 3) if quick else (5, 50, 20)),
+                                      sync=torch.cuda.synchronize)
+                out[name][f"{amp}_{where}"] = statistics.median(rates)
+            r = out[name]
+            print(f"{name} {'fp32' if amp == 'none' else amp}: batches on the host "
+                  f"{r[f'{amp}_host']:,.0f} img/s, on the GPU {r[f'{amp}_gpu']:,.0f} img/s "
+                  f"({r[f'{amp}_gpu'] / r[f'{amp}_host']:.2f}x)")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -239,12 +270,20 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps per window: checks that it runs, times nothing")
+    parser.add_argument("--gpu", action="store_true",
+                        help="on a CUDA device: host- against GPU-side batching, fp32 and bf16")
     args = parser.parse_args()
     prepared, raw = Path(args.prepared), Path(args.raw)
     if not (prepared / "train.pt").exists():
         raise SystemExit(f"{prepared} is missing: run `dvc repro preprocess` first")
 
     split = load_split(prepared, "train")
+    if args.gpu:
+        results = bench_gpu(args.models, args.params, split, prepared, args.quick)
+        if args.json:
+            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
+            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        return
     stats = load_stats(prepared)
     results: dict[str, dict] = {}
     default_threads = torch.get_num_threads()

@@ -18,21 +18,24 @@ def augment_batch(x: torch.Tensor, crop_padding: int, hflip: bool,
     """Random crop with zero padding and horizontal flip of a whole uint8 batch.
 
     Both come down to one gather: each output pixel's index into the padded image is
-    computed for the batch at once, so there is no per-image Python work.
+    computed for the batch at once, so there is no per-image Python work. The random
+    draws (a few numbers per image) come from the CPU ``generator`` wherever ``x`` lives,
+    so a batch is the same on a GPU as on the CPU; the pixel work runs on ``x``'s device.
     """
     n, h, w = x.shape
-    p = crop_padding
-    cols = torch.arange(w).expand(n, w)
+    p, dev = crop_padding, x.device
+    cols = torch.arange(w, device=dev).expand(n, w)
     if hflip:
-        flip = torch.rand(n, generator=generator) < 0.5
+        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
         cols = torch.where(flip[:, None], (w - 1) - cols, cols)
     if p:
         x = F.pad(x, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator)
-        ox = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator)
+        oy = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator).to(dev)
+        ox = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator).to(dev)
     else:
-        oy = ox = torch.zeros((n, 1, 1), dtype=torch.int64)
-    idx = (oy + torch.arange(h)[None, :, None]) * (w + 2 * p) + ox + cols[:, None, :]
+        oy = ox = torch.zeros((n, 1, 1), dtype=torch.int64, device=dev)
+    idx = (oy + torch.arange(h, device=dev)[None, :, None]) * (w + 2 * p) + ox \
+        + cols[:, None, :]
     return x.reshape(n, -1).gather(1, idx.reshape(n, -1)).reshape(n, h, w)
 
 
@@ -72,17 +75,19 @@ def erase_batch(x: torch.Tensor, prob: float, area: tuple[float, float],
             & (cols >= x0[:, None, None]) & (cols < (x0 + ew)[:, None, None])
             & apply[:, None, None])
     noise = torch.randint(0, 256, x.shape, dtype=torch.uint8, generator=generator)
-    return torch.where(mask, noise, x)
+    return torch.where(mask.to(x.device), noise.to(x.device), x)
 
 
 def train_batches(split: Split, batch_size: int, order: torch.Tensor, stats: Stats | None,
                   augment: Augment,
                   generator: torch.Generator) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
-    """Shuffled, augmented, normalized training batches in ``order``.
+    """Shuffled, augmented, normalized training batches in ``order``, on the split's
+    device (a split kept on the GPU is batched and augmented there).
 
     Augmentations that are off draw no random numbers, so turning one on leaves the
     others' draws as they were.
     """
+    order = order.to(split.images.device)
     for start in range(0, len(order), batch_size):
         idx = order[start:start + batch_size]
         x = split.images[idx]
