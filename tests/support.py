@@ -18,7 +18,7 @@ from fmnist import train as train_module
 from fmnist.params import load_train
 from fmnist.train import RunPaths
 from tools import ROOT
-from tools.smoke import tiny_overrides, update_params
+from tools.smoke import run, tiny_overrides, update_params
 
 PY = sys.executable
 
@@ -155,3 +155,34 @@ def run_train_interrupted(wd: Path, name: str, tag: str, **updates) -> dict:
         with pytest.raises(KeyboardInterrupt):
             run_train(wd, name, tag, **updates)
     return torch.load(wd / tag / "state.pt", weights_only=True)
+
+
+# ---------------------------------------------------------------- dvc in a temporary repo
+
+
+def ran(stdout: str) -> set[str]:
+    """The stages a `dvc repro` (or `dvc exp run`) ran, from its output."""
+    return {line.split("'")[1] for line in stdout.splitlines()
+            if line.startswith("Running stage '")}
+
+
+def output_hashes(repo: Path) -> dict[str, str]:
+    """SHA-256 of every file under the pipeline's output folders."""
+    out = {}
+    for top in ("data", "models", "metrics"):
+        for p in sorted((repo / top).rglob("*")):
+            if p.is_file() and p.name != ".gitignore":
+                out[str(p.relative_to(repo))] = hashlib.sha256(p.read_bytes()).hexdigest()
+    return out
+
+
+def commit(repo: Path, env: dict[str, str], msg: str) -> None:
+    run(["git", "add", "-A"], repo, env)
+    run(["git", "commit", "-qm", msg], repo, env)
+
+
+def commit_run(repo: Path, env: dict[str, str]) -> dict[str, str]:
+    """`dvc repro`, commit everything; the outputs' hashes."""
+    run(["dvc", "repro"], repo, env)
+    commit(repo, env, "pipeline run")
+    return output_hashes(repo)

@@ -38,9 +38,30 @@ def test_bench_quick(prepared, tmp_path):
     assert "of the bf16 peak" in proc.stdout and "no-op dvc repro" in proc.stdout
 
 
-def test_matmul_peak_is_the_best_over_sizes():
+def test_matmul_peak_is_the_best_of_both_kernels():
     import torch
 
     from tools.bench import matmul_peak
-    peak, by_size = matmul_peak(torch.float32, sizes=(64, 128), windows=2, window_flop=1e7)
-    assert set(by_size) == {64, 128} and peak == max(by_size.values()) > 0
+    peak, by_kernel = matmul_peak(torch.float32, sizes=(64, 128), windows=2, window_flop=1e7)
+    assert set(by_kernel) == {"mm", "onednn"} and peak == max(by_kernel.values()) > 0
+
+
+@pytest.mark.parametrize("kernel", ["mm", "onednn"])
+def test_peak_products_compute_the_products_they_count(kernel):
+    """The peak's FLOPs are those of a real matrix product: the 1x1 convolution is
+    (1024 pixels x n) @ (n x n), the same numbers as torch.mm of those matrices."""
+    import torch
+
+    from tools.bench import _product
+    torch.manual_seed(0)
+    n = 32
+    run, flop, (a, b) = _product(kernel, n, torch.float64)
+    out = run()
+    if kernel == "mm":
+        assert flop == 2 * n**3
+        torch.testing.assert_close(out, torch.einsum("ik,kj->ij", a, b))
+    else:
+        assert flop == 2 * 1024 * n * n and out.shape == (1, n, 32, 32)
+        rows = a.permute(0, 2, 3, 1).reshape(1024, n)  # pixels x channels in
+        torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(1024, n),
+                                   torch.einsum("pk,ok->po", rows, b.reshape(n, n)))

@@ -5,19 +5,14 @@ import json
 import pytest
 
 from fmnist.params import RAW_FILES
+from tests.support import commit, ran
 from tools.smoke import run, stage_paths, validate_pipeline
 
 pytestmark = pytest.mark.e2e
 
 
-def ran(stdout: str) -> set[str]:
-    return {line.split("'")[1] for line in stdout.splitlines()
-            if line.startswith("Running stage '")}
 
 
-def commit(repo, env, msg):
-    run(["git", "add", "-A"], repo, env)
-    run(["git", "commit", "-qm", msg], repo, env)
 
 
 def test_download_and_preprocess_then_nothing_reruns(dvc_repo):

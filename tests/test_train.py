@@ -212,6 +212,14 @@ def test_inconsistent_state_is_ignored(prepared):
     assert weights_hash(prepared / "models/lenet/model.pt") == fresh
 
 
+def test_first_line_of_an_exception_for_one_line_errors():
+    from fmnist.common import first_line
+    assert first_line(ValueError("bad header\n  at byte 12\n")) == "bad header"
+    assert first_line(RuntimeError("x" * 300), 80) == "x" * 80
+    assert first_line(ValueError()) == "ValueError"  # no message: its type, not a crash
+    assert first_line(RuntimeError("  \n")) == "RuntimeError"
+
+
 class _RunsCode:
     def __reduce__(self):
         return (print, ("pickled code ran",))

@@ -65,29 +65,49 @@ def timed_windows(steps: Iterator[int], windows: int, per_window: int,
 PEAK_SIZES = (512, 1024, 2048)
 
 
+def _product(kernel: str, n: int, dtype: torch.dtype):
+    """A matrix product of about n x n x n that runs through ``kernel``: a function that
+    computes it, its FLOPs and its two operands.
+
+    "mm": ``torch.mm``, which in fp32 torch hands to MKL (on AMD CPUs, MKL picks its
+    AVX2 code: half of what AVX-512 does). "onednn": a 1x1 convolution of 1024 pixels,
+    n channels in and out, which torch hands to oneDNN (AVX-512, and AVX512-BF16 in bf16),
+    as it does the models' convolutions and every bf16 product.
+    """
+    if kernel == "mm":
+        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+        return (lambda: a @ b), 2 * n**3, (a, b)
+    x = torch.randn(1, n, 32, 32, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    w = torch.randn(n, n, 1, 1, dtype=dtype).contiguous(memory_format=torch.channels_last)
+    return (lambda: torch.nn.functional.conv2d(x, w)), 2 * 1024 * n * n, (x, w)
+
+
 def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = PEAK_SIZES, windows: int = 5,
-                window_flop: float = 40e9) -> tuple[float, dict[int, float]]:
-    """The machine's matmul peak in ``dtype``: the best window over several sizes.
+                window_flop: float = 40e9) -> tuple[float, dict[str, float]]:
+    """The machine's matrix-product peak in ``dtype``: the best window over several sizes
+    and both of torch's CPU kernels (MKL's gemm, oneDNN's); also the best of each.
 
     The best, not the median: a window that a neighbour on a shared machine slowed down
     says nothing about the peak, and a low peak would flatter every fraction of it.
     Several sizes, because which size runs fastest depends on the caches and the kernel
-    torch picks; one size alone moved by a third between runs.
+    torch picks; one size alone moved by a third between runs. Both kernels, because
+    in fp32 on this AMD CPU they differ twofold, and the lower would flatter a model.
     """
-    by_size = {}
-    for n in sizes:
-        a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
-        reps = max(2, round(window_flop / (2 * n**3)))
-        for _ in range(2):
-            a @ b
-        rates = []
-        for _ in range(windows):
-            t0 = time.perf_counter()
-            for _ in range(reps):
-                a @ b
-            rates.append(2 * n**3 * reps / (time.perf_counter() - t0) / 1e9)
-        by_size[n] = max(rates)
-    return max(by_size.values()), by_size
+    by_kernel = {}
+    for kernel in ("mm", "onednn"):
+        best = 0.0
+        for n in sizes:
+            run, flop, _ = _product(kernel, n, dtype)
+            reps = max(2, round(window_flop / flop))
+            for _ in range(2):
+                run()
+            for _ in range(windows):
+                t0 = time.perf_counter()
+                for _ in range(reps):
+                    run()
+                best = max(best, flop * reps / (time.perf_counter() - t0) / 1e9)
+        by_kernel[kernel] = best
+    return max(by_kernel.values()), by_kernel
 
 
 def training_flops_per_image(model: nn.Module, batch: int = 32) -> float:
@@ -289,12 +309,13 @@ def main() -> None:
     default_threads = torch.get_num_threads()
     torch.set_num_threads(load_train(args.models[0], args.params).threads
                           or torch.get_num_threads())
-    peaks = {}
+    peaks, kernels = {}, {}
     for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
-        peaks[label], by_size = matmul_peak(dtype, windows=2 if args.quick else 5)
+        peaks[label], by_kernel = matmul_peak(dtype, windows=2 if args.quick else 5)
+        kernels[label] = by_kernel
         print(f"{label} matmul peak ({torch.get_num_threads()} threads, best window of "
-              f"sizes {', '.join(map(str, by_size))}): {peaks[label]:.1f} GFLOP/s "
-              f"({', '.join(f'{n}: {r:.0f}' for n, r in by_size.items())})")
+              f"sizes {', '.join(map(str, PEAK_SIZES))}): {peaks[label]:.1f} GFLOP/s "
+              f"(torch.mm {by_kernel['mm']:.0f}, oneDNN {by_kernel['onednn']:.0f})")
     print(f"bf16/fp32 matmul: {peaks['bf16'] / peaks['fp32']:.2f}x")
     torch.set_num_threads(default_threads)  # the tutorial baseline: torch's default
     # (timed windows, steps per window, warm-up steps)
@@ -321,6 +342,7 @@ def main() -> None:
           f"{'met' if noop < NOOP_TARGET_S else 'NOT met'})")
     results["noop_repro_s"] = noop
     results["matmul_gflops"] = peaks
+    results["matmul_gflops_by_kernel"] = kernels
     if args.json:
         Path(args.json).parent.mkdir(parents=True, exist_ok=True)
         Path(args.json).write_text(json.dumps(results, indent=2) + "\n")

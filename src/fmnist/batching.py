@@ -13,6 +13,15 @@ from fmnist.params import Augment
 from fmnist.seeds import derive_seed
 
 
+def to_device(t: torch.Tensor, device: torch.device) -> torch.Tensor:
+    """A small host tensor (a batch's random draws) on ``device``, without making the
+    host wait: a plain copy from pageable memory to a GPU waits for every kernel already
+    queued, so the host could not prepare the next step while the GPU runs this one."""
+    if device.type != "cuda":
+        return t.to(device)
+    return t.pin_memory().to(device, non_blocking=True)
+
+
 def augment_batch(x: torch.Tensor, crop_padding: int, hflip: bool,
                   generator: torch.Generator) -> torch.Tensor:
     """Random crop with zero padding and horizontal flip of a whole uint8 batch.
@@ -26,12 +35,12 @@ def augment_batch(x: torch.Tensor, crop_padding: int, hflip: bool,
     p, dev = crop_padding, x.device
     cols = torch.arange(w, device=dev).expand(n, w)
     if hflip:
-        flip = (torch.rand(n, generator=generator) < 0.5).to(dev)
+        flip = to_device(torch.rand(n, generator=generator) < 0.5, dev)
         cols = torch.where(flip[:, None], (w - 1) - cols, cols)
     if p:
         x = F.pad(x, (p, p, p, p))
-        oy = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator).to(dev)
-        ox = torch.randint(0, 2 * p + 1, (n, 1, 1), generator=generator).to(dev)
+        oy, ox = to_device(torch.randint(0, 2 * p + 1, (2, n, 1, 1), generator=generator),
+                           dev)
     else:
         oy = ox = torch.zeros((n, 1, 1), dtype=torch.int64, device=dev)
     idx = (oy + torch.arange(h, device=dev)[None, :, None]) * (w + 2 * p) + ox \
@@ -75,7 +84,7 @@ def erase_batch(x: torch.Tensor, prob: float, area: tuple[float, float],
             & (cols >= x0[:, None, None]) & (cols < (x0 + ew)[:, None, None])
             & apply[:, None, None])
     noise = torch.randint(0, 256, x.shape, dtype=torch.uint8, generator=generator)
-    return torch.where(mask.to(x.device), noise.to(x.device), x)
+    return torch.where(to_device(mask, x.device), to_device(noise, x.device), x)
 
 
 def train_batches(split: Split, batch_size: int, order: torch.Tensor, stats: Stats | None,

@@ -17,7 +17,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.common import UserError, write_json
+from fmnist.common import UserError, first_line, write_json
 from fmnist.data import Split, Stats, eval_batches, save_torch
 from fmnist.models import build_model
 from fmnist.runtime import autocast
@@ -56,9 +56,8 @@ def _read_weights(path: Path, fix: str) -> dict[str, torch.Tensor]:
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except UNREADABLE as exc:
-        first = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:120]
-        raise UserError(f"{path} is unreadable or not plain weights ({first}); {fix}") \
-            from None
+        raise UserError(f"{path} is unreadable or not plain weights "
+                        f"({first_line(exc, 120)}); {fix}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; {fix}")

@@ -21,6 +21,13 @@ class UserError(Exception):
     """
 
 
+def first_line(exc: BaseException, limit: int = 100) -> str:
+    """An exception's message as one short line for a one-line error: its first line,
+    cut at ``limit`` characters, or the exception's type where the message is empty."""
+    lines = str(exc).strip().splitlines()
+    return lines[0][:limit] if lines else type(exc).__name__
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success.

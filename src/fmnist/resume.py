@@ -21,6 +21,7 @@ import torch
 import torch.distributed as dist
 
 from fmnist.checkpoint import UNREADABLE
+from fmnist.common import first_line
 from fmnist.data import save_torch
 from fmnist.params import TrainParams
 from fmnist.runtime import Runtime
@@ -68,8 +69,7 @@ def _read(path: Path, fp: dict[str, str], name: str) -> tuple[dict | None, str |
     try:
         state = torch.load(path, weights_only=True, map_location="cpu")
     except UNREADABLE as exc:
-        why = (str(exc).strip().splitlines() or [type(exc).__name__])[0][:100]
-        return None, (f"{name}: saved state {path} is unreadable ({why}); "
+        return None, (f"{name}: saved state {path} is unreadable ({first_line(exc)}); "
                       "training from scratch")
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS) \
             or not isinstance(state["fingerprint"], dict):

@@ -23,7 +23,7 @@ from tqdm import tqdm
 
 from fmnist.batching import epoch_order, train_batches
 from fmnist.checkpoint import loss_and_accuracy, predict_logits, save_model
-from fmnist.common import UserError, write_json, write_text
+from fmnist.common import UserError, first_line, write_json, write_text
 from fmnist.data import Split, Stats, load_split, load_stats
 from fmnist.models import count_parameters, spec
 from fmnist.params import TrainParams
@@ -212,7 +212,7 @@ def resume_or_start(name: str, params: TrainParams, data: Data, paths: RunPaths,
         # The fingerprint matched but the content does not fit: start over all the same.
         if rt.main:
             print(f"warning: {name}: saved state in {paths.state} does not fit "
-                  f"({str(exc).splitlines()[0][:80] or type(exc).__name__}); "
+                  f"({first_line(exc, 80)}); "
                   "training from scratch")
         return make_trainer(name, params, rt.device, total), Progress(), fp
     if rt.main:
