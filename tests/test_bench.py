@@ -65,3 +65,16 @@ def test_peak_products_compute_the_products_they_count(kernel):
         rows = a.permute(0, 2, 3, 1).reshape(1024, n)  # pixels x channels in
         torch.testing.assert_close(out.permute(0, 2, 3, 1).reshape(1024, n),
                                    torch.einsum("pk,ok->po", rows, b.reshape(n, n)))
+
+
+def test_counted_flops_are_the_models_work_not_the_lrns_band_product():
+    """The LRN's window sums run as a matrix product with a mostly zero band: those
+    FLOPs are not the model's, so the AlexNet counts the same with and without LRN."""
+    from fmnist.models import build_model
+    from fmnist.params import AlexNetArch
+    from tools.bench import model_flops, training_flops_per_image
+
+    arch = {"channels": [8, 16, 16, 16, 16], "fc": 64}
+    with_lrn = model_flops("alexnet", AlexNetArch(**arch, lrn=True))
+    without = training_flops_per_image(build_model("alexnet", {**arch, "lrn": False}))
+    assert with_lrn == without > 0

@@ -111,12 +111,21 @@ def matmul_peak(dtype: torch.dtype, sizes: tuple[int, ...] = PEAK_SIZES, windows
 
 
 def training_flops_per_image(model: nn.Module, batch: int = 32) -> float:
-    """Forward + backward FLOPs of one training step, counted by torch, per image."""
+    """Forward + backward FLOPs of one training step, counted by torch, per image.
+
+    Counted on the model built from stock layers: the project's LRN sums its windows
+    with a (mostly zero) matrix product, whose FLOPs are a way of computing, not work
+    the model asks for; torch's own LRN, like every element-wise layer, counts none."""
     x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
     with FlopCounterMode(display=False) as counter:
         nn.functional.cross_entropy(model(x), y).backward()
     model.zero_grad(set_to_none=True)
     return counter.get_total_flops() / batch
+
+
+def model_flops(name: str, arch) -> float:
+    """Training FLOPs per image of model ``name`` with ``arch`` (see above)."""
+    return training_flops_per_image(stock_layers(spec(name).build(arch)))
 
 
 def stock_layers(model: nn.Module) -> nn.Module:
@@ -222,7 +231,7 @@ def bench_model(name: str, params: TrainParams, split: Split, prepared: Path,
                 windows: dict, base: float, peaks: dict[str, float]) -> dict:
     """The project's loop in fp32 and in bf16, against the baseline and the peaks."""
     n, per, warm = windows.get(name, (5, 10, 3))
-    flops = training_flops_per_image(spec(name).build(params.arch))
+    flops = model_flops(name, params.arch)
     out: dict = {"baseline_img_s": base, "train_mflop_per_image": flops / 1e6}
     for amp, label in (("none", "fp32"), ("bf16", "bf16")):
         p = params.model_copy(update={"amp": amp})
