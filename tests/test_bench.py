@@ -78,3 +78,18 @@ def test_counted_flops_are_the_models_work_not_the_lrns_band_product():
     with_lrn = model_flops("alexnet", AlexNetArch(**arch, lrn=True))
     without = training_flops_per_image(build_model("alexnet", {**arch, "lrn": False}))
     assert with_lrn == without > 0
+
+
+def test_profile_step_reports_ablations_and_operators(workdir):
+    """`python -m tools.profile_step` on a tiny AlexNet: the step time, what taking out
+    each layer kind saves, and torch.profiler's operator table."""
+    proc = subprocess.run(
+        [PY, "-m", "tools.profile_step", "--model", "alexnet", "--amp", "none",
+         "--params", str(workdir / "params.yaml"), "--rounds", "1", "--steps", "2",
+         "--ops", "5"], cwd=ROOT, text=True, capture_output=True, timeout=300)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    out = proc.stdout
+    assert "ms per step" in out
+    for ablation in ("without LRN", "without dropout", "without either"):
+        assert f"  {ablation}: " in out and "of the step)" in out
+    assert "aten::" in out and "Self CPU time total" in out

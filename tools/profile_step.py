@@ -2,9 +2,10 @@
 
 Two views of the project's own training step (``Trainer.step``, the params.yaml recipe,
 random input of one batch):
-- by layer kind, by ablation: the step timed as it is, then with the LRN and the dropout
-  taken out (each alone, in the same process, interleaved, best window of each), so
-  the difference is what that layer kind costs;
+- by layer kind, by ablation: the step timed as it is, then with the LRN, the dropout
+  and both taken out (in the same process, interleaved, best window of each), so the
+  difference is what that layer kind costs, and what is left is the convolutions,
+  dense layers, pooling and optimizer step alone;
 - by operator: torch.profiler's table of the aten ops with the most self CPU time.
 Run it on an idle machine: two torch processes on two cores slow each other tenfold.
 """
@@ -22,7 +23,8 @@ from fmnist.runtime import setup_runtime
 from fmnist.train import Trainer, make_trainer
 from tools import ROOT
 
-ABLATIONS = {"as it is": {}, "without LRN": {"lrn": False}, "without dropout": {"dropout": 0.0}}
+ABLATIONS = {"as it is": {}, "without LRN": {"lrn": False}, "without dropout": {"dropout": 0.0},
+             "without either": {"lrn": False, "dropout": 0.0}}
 
 
 def trainer_for(name: str, params_path: str, amp: str, arch: dict) -> tuple[Trainer, int]:
@@ -75,8 +77,8 @@ def main() -> None:
     for k in ablations:
         if k != "as it is":
             cost = full - ms[k]
-            print(f"  {k}: {ms[k]:.1f} ms; that layer kind costs {cost:.1f} ms "
-                  f"({cost / full:.0%} of the step)")
+            print(f"  {k}: {ms[k]:.1f} ms ({size / ms[k] * 1e3:,.0f} img/s); what it takes "
+                  f"out costs {cost:.1f} ms ({cost / full:.0%} of the step)")
 
     trainer, _ = runs["as it is"]
     x, y = batch(size)
