@@ -28,6 +28,7 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fmnist.batching import epoch_order, train_batches
+from fmnist.common import write_json
 from fmnist.data import Split, load_split, load_stats
 from fmnist.models import LocalResponseNorm, ReLUMaxPool, spec
 from fmnist.params import TrainParams, load_train
@@ -310,8 +311,7 @@ def main() -> None:
     if args.gpu:
         results = bench_gpu(args.models, args.params, split, prepared, args.quick)
         if args.json:
-            Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-            Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+            write_json(args.json, results)
         return
     stats = load_stats(prepared)
     results: dict[str, dict] = {}
@@ -353,8 +353,7 @@ def main() -> None:
     results["matmul_gflops"] = peaks
     results["matmul_gflops_by_kernel"] = kernels
     if args.json:
-        Path(args.json).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.json).write_text(json.dumps(results, indent=2) + "\n")
+        write_json(args.json, results)
 
 
 if __name__ == "__main__":
