@@ -87,9 +87,7 @@ class _LRNFunction(torch.autograd.Function):
         xr, gr = _rows(x).to(scale.dtype), _rows(g).to(scale.dtype)
         s = torch.mm(gr * xr * r, band.T)  # band holds alpha/n; .T: the window transposed
         grad = torch.addcmul(gr * scale, xr, s, value=-2.0 * ctx.beta)
-        out = torch.empty(grad.shape, dtype=g.dtype, device=g.device)
-        out.copy_(grad)
-        return _unrows(out, x.shape), None, None, None, None
+        return _unrows(grad.to(g.dtype), x.shape), None, None, None, None
 
 
 class LocalResponseNorm(nn.Module):
