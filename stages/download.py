@@ -1,18 +1,18 @@
-"""DVC stage `download`: fetch and verify the raw Fashion-MNIST files into data/raw/."""
+"""DVC stage `download`: fetch and verify the raw Fashion-MNIST files into OUT."""
 
+from pathlib import Path
 
 from fmnist.common import StageArgumentParser, run_stage
 from fmnist.download import download
-from fmnist.params import DownloadParams, load_section
+from fmnist.params import PARAMS_FILE, DownloadParams, load_section
 
 
 def main() -> None:
     parser = StageArgumentParser(description=__doc__)
-    parser.add_argument("--out", default="data/raw")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("out", type=Path, help="the folder of raw files (data/raw)")
+    parser.add_argument("--params", default=PARAMS_FILE)
     args = parser.parse_args()
-    params = load_section("download", DownloadParams, args.params)
-    download(params, args.out)
+    download(load_section("download", DownloadParams, args.params), args.out)
 
 
 if __name__ == "__main__":

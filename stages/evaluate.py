@@ -1,24 +1,34 @@
-"""DVC stage `evaluate`: test both models; write metrics, plot data, figures and the report."""
+"""DVC stage `evaluate`: test the trained models; write metrics, plot data, figures and
+the report. Each per-model option takes one path per model, in the order of --models."""
 
+from pathlib import Path
 
 from fmnist.common import StageArgumentParser, UserError, run_stage
-from fmnist.evaluate import evaluate
-from fmnist.models import REGISTRY
-from fmnist.params import EvaluateParams, load_section
+from fmnist.evaluate import ModelPaths, evaluate
+from fmnist.models import spec
+from fmnist.params import PARAMS_FILE, EvaluateParams, load_section
+
+PER_MODEL = {"checkpoints": "model folders (input)", "curves": "training curves (input)",
+             "metrics": "metrics JSON files", "confusion": "confusion CSV files"}
 
 
 def main() -> None:
     parser = StageArgumentParser(description=__doc__)
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--models", nargs="+", default=list(REGISTRY))
+    parser.add_argument("--params", default=PARAMS_FILE)
+    parser.add_argument("--prepared", type=Path, required=True)
+    parser.add_argument("--models", nargs="+", required=True, help="model names")
+    for key, what in PER_MODEL.items():
+        parser.add_argument(f"--{key}", nargs="+", type=Path, required=True, help=what)
+    parser.add_argument("--figures", type=Path, required=True, help="the PNGs' folder")
+    parser.add_argument("--report", type=Path, required=True, help="the markdown report")
     args = parser.parse_args()
-    unknown = [m for m in args.models if m not in REGISTRY]
-    if unknown:
-        raise UserError(f"unknown model {unknown[0]!r} in --models (known: "
-                        f"{', '.join(REGISTRY)}; their stages: "
-                        f"{', '.join(f'train-{m}' for m in REGISTRY)})")
+    names = [spec(m).name for m in args.models]  # an unknown model is one line
+    if any(len(getattr(args, key)) != len(names) for key in PER_MODEL):
+        raise UserError(f"--{' --'.join(PER_MODEL)} need one path per model in --models")
     params = load_section("evaluate", EvaluateParams, args.params)
-    for r in evaluate(args.models, params):
+    models = [ModelPaths(*row) for row in zip(names, *(getattr(args, k) for k in PER_MODEL),
+                                              strict=True)]
+    for r in evaluate(models, params, args.prepared, args.figures, args.report):
         t = r["metrics"]["test"]
         print(f"{r['meta']['title']}: test accuracy {t['accuracy']:.4f}, loss {t['loss']:.4f}, "
               f"macro F1 {t['macro_f1']:.4f}")

@@ -1,16 +1,17 @@
-"""DVC stage `preprocess`: parse the IDX files, hold out validation, write data/prepared/."""
+"""DVC stage `preprocess`: parse the IDX files in RAW, hold out validation, write OUT."""
 
+from pathlib import Path
 
 from fmnist.common import StageArgumentParser, run_stage
-from fmnist.params import PreprocessParams, load_section
+from fmnist.params import PARAMS_FILE, PreprocessParams, load_section
 from fmnist.preprocess import preprocess
 
 
 def main() -> None:
     parser = StageArgumentParser(description=__doc__)
-    parser.add_argument("--raw", default="data/raw")
-    parser.add_argument("--out", default="data/prepared")
-    parser.add_argument("--params", default="params.yaml")
+    parser.add_argument("raw", type=Path, help="the raw IDX files (data/raw)")
+    parser.add_argument("out", type=Path, help="the prepared store (data/prepared)")
+    parser.add_argument("--params", default=PARAMS_FILE)
     args = parser.parse_args()
     params = load_section("preprocess", PreprocessParams, args.params)
     stats = preprocess(params, args.raw, args.out, args.params)

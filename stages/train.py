@@ -1,51 +1,41 @@
-"""DVC stages `train-lenet` and `train-alexnet`: train one model from its params section.
+"""DVC stages `train-NAME`: train one model from params.yaml's `train_NAME` section.
 
-    python stages/train.py lenet      # reads params.yaml's train_lenet and runtime sections
-
-When the section's ``distributed`` asks for more than one process, this script starts
+When the section's `distributed` asks for more than one process, the stage starts
 itself again under torchrun (PyTorch's launcher), so dvc.yaml stays the same.
 """
 
-import argparse
-import os
-import subprocess
 import sys
+from pathlib import Path
 
-from fmnist.common import StageArgumentParser, UserError, run_stage
-from fmnist.params import TRAIN_PARAMS, load_runtime, load_train
-from fmnist.runtime import check_launch, setup_runtime, teardown_runtime
+from fmnist.common import StageArgumentParser, run_stage
+from fmnist.data import TRAINING_FILES
+from fmnist.models import MODELS, spec
+from fmnist.params import PARAMS_FILE, load_runtime
+from fmnist.runtime import relaunch_under_torchrun, running
 from fmnist.train import RunPaths, train
 
 
 def main() -> None:
-    parser = StageArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("model", help=" | ".join(TRAIN_PARAMS))
-    parser.add_argument("--params", default="params.yaml")
-    parser.add_argument("--prepared", default="data/prepared")
+    parser = StageArgumentParser(description=__doc__)
+    parser.add_argument("model", help=" | ".join(MODELS))
+    parser.add_argument("--params", default=PARAMS_FILE)
+    for flag, what in (("--prepared", "the prepared data (input)"),
+                       ("--out", "the model folder: model.pt and meta.json"),
+                       ("--curves", "per-epoch curves, TSV"),
+                       ("--timings", "wall times and environment, JSON"),
+                       ("--state", "the resume state file (per machine)")):
+        parser.add_argument(flag, type=Path, required=True, help=what)
     args = parser.parse_args()
-    params = load_train(args.model, args.params)  # an unknown model is one line too
-    runtime = load_runtime(args.params)
-
-    d = params.distributed
-    if d.world > 1 and "LOCAL_RANK" not in os.environ:
-        check_launch(params.device, d.backend)
-        for split in ("train.pt", "val.pt", "stats.json"):  # what every rank reads first
-            if not os.path.exists(os.path.join(args.prepared, split)):
-                raise UserError(f"{args.prepared}/{split} not found: run "
-                                "`dvc repro preprocess` first")
-        cmd = [sys.executable, "-m", "torch.distributed.run",
-               f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
-               f"--node_rank={runtime.node_rank}", f"--master_addr={runtime.master_addr}",
-               f"--master_port={runtime.master_port}", *sys.argv]
-        sys.exit(subprocess.call(cmd))
-
-    rt = setup_runtime(params.device, params.threads, d.backend)
-    try:
-        train(args.model, params, RunPaths.for_stage(args.model, args.prepared), rt,
-              resume=runtime.resume)
-    finally:
-        teardown_runtime()
+    s = spec(args.model)  # an unknown model is one line too
+    params, runtime = s.load_params(args.params), load_runtime(args.params)
+    where = f"{args.params}: {s.section}"
+    code = relaunch_under_torchrun(params, runtime, where,
+                                   [args.prepared / f for f in TRAINING_FILES])
+    if code is not None:
+        sys.exit(code)
+    paths = RunPaths(args.prepared, args.out, args.curves, args.state, args.timings)
+    with running(params, where) as rt:
+        train(s.name, params, paths, rt, resume=runtime.resume)
 
 
 if __name__ == "__main__":

@@ -1,16 +1,30 @@
 """Shared fixtures: synthetic IDX data, a loopback HTTP server, a project copy to run in.
-Helpers that tests call directly are in tests/support.py."""
+Helpers that tests call directly are in tests/support.py.
+
+What costs seconds is built once per test run (session scope) and copied per test: the
+synthetic data, the prepared store, a trained and evaluated work folder."""
 
 from __future__ import annotations
 
+import shutil
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Server, make_workdir, run_stages
-from tools.smoke import make_repo, repo_env, tiny_overrides, update_params
-from tools.synthetic import write_dataset
+from tests.support import Server, make_workdir, run_stages, tiny_overrides
+from tests.synthetic import write_dataset
+from tools.repo import make_repo, repo_env, update_params
+
+# Fixtures that train, run stage subprocesses or start servers: a test that uses one is
+# in the slower tier (`e2e`), so `pytest -m 'not e2e'` stays under a minute.
+SLOW_FIXTURES = {"prepared", "evaluated", "dvc_repo", "http_server"}
+
+
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for item in items:
+        if SLOW_FIXTURES & set(getattr(item, "fixturenames", ())):
+            item.add_marker(pytest.mark.e2e)
 
 
 @pytest.fixture(scope="session")
@@ -37,14 +51,38 @@ def http_server(tmp_path) -> Iterator[Callable[[Path], Server]]:
 @pytest.fixture
 def workdir(tmp_path, synthetic) -> Path:
     """A folder with the project's params.yaml (tiny, synthetic) and stages, to run them in."""
-    return make_workdir(tmp_path, synthetic)
+    return make_workdir(tmp_path / "wd", synthetic)
+
+
+def _copy(template: Path, dst: Path) -> Path:
+    shutil.copytree(template, dst, symlinks=True)
+    return dst
+
+
+@pytest.fixture(scope="session")
+def prepared_template(tmp_path_factory, synthetic) -> Path:
+    wd = make_workdir(tmp_path_factory.mktemp("prepared"), synthetic)
+    run_stages(wd, "download", "preprocess")
+    return wd
 
 
 @pytest.fixture
-def prepared(workdir) -> Path:
-    """``workdir`` after `download` and `preprocess`."""
-    run_stages(workdir, "download", "preprocess")
-    return workdir
+def prepared(prepared_template, tmp_path) -> Path:
+    """A work folder after `download` and `preprocess` (a copy of one built per run)."""
+    return _copy(prepared_template, tmp_path / "wd")
+
+
+@pytest.fixture(scope="session")
+def evaluated_template(prepared_template, tmp_path_factory) -> Path:
+    wd = _copy(prepared_template, tmp_path_factory.mktemp("evaluated") / "wd")
+    run_stages(wd, "train-lenet", "train-alexnet", "evaluate")
+    return wd
+
+
+@pytest.fixture
+def evaluated(evaluated_template, tmp_path) -> Path:
+    """A work folder after all five stages (a copy of one built per run)."""
+    return _copy(evaluated_template, tmp_path / "wd")
 
 
 @pytest.fixture

@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 import fmnist.train as train_mod
-from fmnist.params import load_train
+from fmnist.models import spec
 from fmnist.runtime import setup_runtime, teardown_runtime
 
 parser = argparse.ArgumentParser()
@@ -59,8 +59,8 @@ train_mod.train_batches = recording_batches
 train_mod.make_trainer = capturing_make_trainer
 train_mod.run_epoch = stopping_run_epoch
 
-params = load_train("lenet", args.wd / "params.yaml")
-rt = setup_runtime(params.device, params.threads, params.distributed.backend)
+params = spec("lenet").load_params(args.wd / "params.yaml")
+rt = setup_runtime(params)
 state = args.out / (f"state{rt.rank}.pt" if args.state_per_rank else "state.pt")
 paths = train_mod.RunPaths(args.wd / "data/prepared", args.out / "model",
                            args.out / "curves.tsv", state)

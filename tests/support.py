@@ -4,23 +4,36 @@ from __future__ import annotations
 
 import hashlib
 import http.server
-import shutil
 import socket
 import subprocess
 import sys
 import threading
 from pathlib import Path
+from typing import Any
 
 import pytest
 import torch
 
 from fmnist import train as train_module
-from fmnist.params import load_train
+from fmnist.models import spec
+from fmnist.runtime import setup_runtime
 from fmnist.train import RunPaths
-from tools import ROOT
-from tools.smoke import run, tiny_overrides, update_params
+from tools.repo import copy_project, run, stage_argv, update_params
 
 PY = sys.executable
+
+
+def tiny_overrides(sources: list[str], sha256: dict[str, str]) -> dict[str, Any]:
+    """Params that run every stage in seconds: synthetic sources, small widths, 1 epoch."""
+    train = {"epochs": 1, "batch_size": 32, "threads": 1, "eval_batch_size": 256,
+             "augment": {"crop_padding": 2, "hflip": True}, "device": "cpu"}
+    return {
+        "download": {"sources": sources, "sha256": sha256, "timeout": 5, "retries": 0},
+        "preprocess": {"val_size": 100},
+        "train_lenet": dict(train),
+        "train_alexnet": {**train, "arch": {"channels": [4, 8, 8, 8, 8], "fc": 32}},
+        "evaluate": {"batch_size": 256, "misclassified": 9, "device": "cpu"},
+    }
 
 
 def free_port() -> int:
@@ -71,24 +84,28 @@ class Server:
 def make_workdir(path: Path, synthetic: tuple[Path, dict[str, str]]) -> Path:
     """Copy the project's params.yaml (made tiny, on synthetic data) and stages to ``path``."""
     src, sha = synthetic
-    for name in ("params.yaml", "stages"):
-        p = ROOT / name
-        (shutil.copytree if p.is_dir() else shutil.copy2)(p, path / name)
+    copy_project(path, files=("params.yaml", "stages"))
     update_params(path / "params.yaml", tiny_overrides([str(src)], sha))
     return path
 
 
 def run_script(cwd: Path, *args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """Run a Python script (a stage, usually) in ``cwd``, capturing its output."""
+    """Run a Python script in ``cwd``, capturing its output."""
     return subprocess.run([PY, *args], cwd=cwd, capture_output=True, text=True,
                           timeout=timeout)
 
 
+def run_stage(cwd: Path, stage: str, *extra: str,
+              timeout: float = 300) -> subprocess.CompletedProcess:
+    """Run a stage's command as dvc.yaml gives it (with ``extra`` arguments) in ``cwd``."""
+    return subprocess.run([*stage_argv(stage), *extra], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout)
+
+
 def run_stages(cwd: Path, *stages: str) -> None:
-    """Run stage scripts in order (e.g. "download", "train lenet"); each must succeed."""
+    """Run stages by their dvc.yaml commands, in order; each must succeed."""
     for stage in stages:
-        script, *args = stage.split()
-        proc = run_script(cwd, f"stages/{script}.py", *args)
+        proc = run_stage(cwd, stage)
         assert proc.returncode == 0, proc.stdout + proc.stderr
 
 
@@ -133,9 +150,10 @@ def tag_paths(wd: Path, tag: str) -> RunPaths:
 
 def run_train(wd: Path, name: str, tag: str, resume: bool = True, **updates) -> dict:
     """Train ``name`` in-process from ``wd``'s params, with ``updates``, into ``wd``/tag."""
-    params = load_train(name, wd / "params.yaml")
+    params = spec(name).load_params(wd / "params.yaml")
     params = type(params).model_validate({**params.model_dump(), **updates})
-    return train_module.train(name, params, tag_paths(wd, tag), resume=resume)
+    return train_module.train(name, params, tag_paths(wd, tag), setup_runtime(params),
+                              resume=resume)
 
 
 def run_train_interrupted(wd: Path, name: str, tag: str, **updates) -> dict:

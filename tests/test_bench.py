@@ -17,13 +17,16 @@ DENSE = (256 * 120 + 120 * 84 + 84 * 10) * 2
 LENET_TRAIN_FLOPS = (CONV1 + CONV2 + DENSE) + CONV1 + 2 * (CONV2 + DENSE)
 
 
-def test_bench_quick(prepared, tmp_path):
+def test_bench_quick(dvc_repo, tmp_path):
+    from tools.repo import run
+    repo, env = dvc_repo
+    run(["dvc", "repro", "preprocess"], repo, env)  # a no-op `dvc repro preprocess` to time
     out = tmp_path / "bench.json"
     proc = subprocess.run(
-        [PY, "-m", "tools.bench", "--quick", "--models", "lenet",
-         "--prepared", str(prepared / "data/prepared"), "--raw", str(prepared / "data/raw"),
-         "--params", str(prepared / "params.yaml"), "--json", str(out)],
-        cwd=ROOT, text=True, capture_output=True, timeout=600)
+        [PY, "-m", "tools.bench", "--quick", "--models", "lenet", "--repo", str(repo),
+         "--prepared", str(repo / "data/prepared"), "--raw", str(repo / "data/raw"),
+         "--params", str(repo / "params.yaml"), "--json", str(out)],
+        cwd=ROOT, text=True, capture_output=True, timeout=600, env=env)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     r = json.loads(out.read_text())
     lenet = r["lenet"]
@@ -38,12 +41,35 @@ def test_bench_quick(prepared, tmp_path):
     assert "of the bf16 peak" in proc.stdout and "no-op dvc repro" in proc.stdout
 
 
-def test_matmul_peak_is_the_best_of_both_kernels():
+@pytest.mark.parametrize("slow", ["mm", "onednn"])
+def test_matmul_peak_is_the_best_of_both_kernels(monkeypatch, slow):
+    """With one kernel slowed down tenfold, the peak is the other one's: a peak measured
+    through one kernel only (or the lower of the two) fails."""
+    import time
+
     import torch
 
-    from tools.bench import matmul_peak
-    peak, by_kernel = matmul_peak(torch.float32, sizes=(64, 128), windows=2, window_flop=1e7)
-    assert set(by_kernel) == {"mm", "onednn"} and peak == max(by_kernel.values()) > 0
+    import tools.bench as bench
+    product = bench._product
+
+    def slowed(kernel, n, dtype):
+        run, flop, operands = product(kernel, n, dtype)
+        if kernel != slow:
+            return run, flop, operands
+
+        def slow_run():
+            t0 = time.perf_counter()
+            out = run()
+            time.sleep(9 * (time.perf_counter() - t0) + 1e-4)
+            return out
+        return slow_run, flop, operands
+
+    monkeypatch.setattr(bench, "_product", slowed)
+    peak, by_kernel = bench.matmul_peak(torch.float32, sizes=(64, 128), windows=2,
+                                        window_flop=1e7)
+    fast = "onednn" if slow == "mm" else "mm"
+    assert set(by_kernel) == {"mm", "onednn"}
+    assert by_kernel[slow] < by_kernel[fast] and peak == by_kernel[fast]
 
 
 @pytest.mark.parametrize("kernel", ["mm", "onednn"])
@@ -70,16 +96,16 @@ def test_peak_products_compute_the_products_they_count(kernel):
 def test_counted_flops_are_the_models_work_not_the_lrns_band_product():
     """The LRN's window sums run as a matrix product with a mostly zero band: those
     FLOPs are not the model's, so the AlexNet counts the same with and without LRN."""
-    from fmnist.models import build_model
-    from fmnist.params import AlexNetArch
+    from fmnist.models import AlexNetArch, build_model
     from tools.bench import model_flops, training_flops_per_image
 
-    arch = {"channels": [8, 16, 16, 16, 16], "fc": 64}
+    arch = {"channels": [8, 16, 16, 16, 16], "fc": 64, "dropout": 0.5, "lrn_size": 5}
     with_lrn = model_flops("alexnet", AlexNetArch(**arch, lrn=True))
     without = training_flops_per_image(build_model("alexnet", {**arch, "lrn": False}))
     assert with_lrn == without > 0
 
 
+@pytest.mark.e2e
 def test_profile_step_reports_ablations_and_operators(workdir):
     """`python -m tools.profile_step` on a tiny AlexNet: the step time, what taking out
     each layer kind saves, and torch.profiler's operator table."""

@@ -12,9 +12,10 @@ import pytest
 import torch
 
 from fmnist.batching import epoch_order, train_batches
-from fmnist.checkpoint import load_checkpoint, predict_logits
+from fmnist.checkpoint import load_checkpoint
 from fmnist.data import load_split, load_stats
-from fmnist.models import build_model
+from fmnist.inference import predict_logits
+from fmnist.models import MODELS, build_model
 from fmnist.params import Augment
 from tests.support import run_stages, run_train, run_train_interrupted, set_params, weights_hash
 
@@ -23,10 +24,11 @@ pytestmark = pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a C
 CUDA = torch.device("cuda")
 
 
-@pytest.mark.parametrize("name", ["lenet", "alexnet"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_models_compute_the_same_on_cuda_as_on_the_cpu(name):
     torch.manual_seed(0)
-    arch = {"channels": [8, 16, 16, 16, 16], "fc": 64} if name == "alexnet" else {}
+    arch = {"channels": [8, 16, 16, 16, 16], "fc": 64, "dropout": 0.5, "lrn": True,
+            "lrn_size": 5} if name == "alexnet" else {}
     cpu = build_model(name, arch).double().eval()  # eval: dropout draws differ by device
     gpu = build_model(name, arch).double().eval().to(CUDA, memory_format=torch.channels_last)
     gpu.load_state_dict(cpu.state_dict())
@@ -43,7 +45,8 @@ def test_batches_built_on_the_gpu_are_the_cpu_batches(prepared):
     same random draws (from the CPU generator), the same pixels, bit for bit."""
     split = load_split(prepared / "data/prepared", "train")
     stats = load_stats(prepared / "data/prepared")
-    augment = Augment(crop_padding=2, hflip=True, erase=0.5)
+    augment = Augment(crop_padding=2, hflip=True, erase=0.5, erase_area=(0.02, 0.4),
+                      erase_ratio=(0.3, 3.3))
     order = epoch_order(len(split), seed=3, epoch=1)
     batches = {}
     for where, s in (("cpu", split), ("cuda", split.to(CUDA))):
@@ -55,7 +58,7 @@ def test_batches_built_on_the_gpu_are_the_cpu_batches(prepared):
         assert torch.equal(xg.cpu(), xc) and torch.equal(yg.cpu(), yc)
 
 
-@pytest.mark.parametrize("name", ["lenet", "alexnet"])
+@pytest.mark.parametrize("name", sorted(MODELS))
 def test_cuda_training_is_deterministic(prepared, name):
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always")
@@ -95,7 +98,7 @@ def test_interrupted_amp_run_resumes_to_the_uninterrupted_weights(prepared, amp)
 def test_stages_pick_the_gpu_and_its_model_evaluates_on_a_cpu(prepared):
     auto = {"device": "auto"}
     set_params(prepared, {"train_lenet": auto, "train_alexnet": auto, "evaluate": auto})
-    run_stages(prepared, "train lenet", "train alexnet", "evaluate")
+    run_stages(prepared, "train-lenet", "train-alexnet", "evaluate")
     for name in ("lenet", "alexnet"):
         timings = json.loads((prepared / f"metrics/timings/{name}.json").read_text())
         assert timings["environment"]["device"] == "cuda"

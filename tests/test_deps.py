@@ -1,28 +1,45 @@
-"""dvc.yaml's deps are the stages' import closures: no more, no less."""
+"""dvc.yaml's deps are the stages' import closures (fmnist.closure): no more, no less."""
 
-import shutil
+import shlex
 from pathlib import Path
 
 import yaml
 
+from fmnist.closure import import_closure
 from tools import ROOT
-from tools.deps import import_closure, problems
+from tools.repo import copy_project, stages
+
+
+def stage_script(cmd: str) -> str:
+    """The script a stage's ``cmd`` runs (``python stages/x.py ...``)."""
+    return next(w for w in shlex.split(cmd) if w.endswith(".py"))
+
+
+def closure_of(script: str, root: Path = ROOT) -> set[str]:
+    root = root.resolve()
+    return {str(p.relative_to(root)) for p in import_closure(root / script, root / "src")}
+
+
+def problems(root: Path = ROOT) -> list[str]:
+    """Each stage's missing and superfluous .py deps, one line each."""
+    out = []
+    for stage, st in stages(root).items():
+        declared = {d for d in st.get("deps", []) if d.endswith(".py")}
+        needed = closure_of(stage_script(st["cmd"]), root)
+        out += [f"{stage}: runs {f} but does not list it in deps"
+                for f in sorted(needed - declared)]
+        out += [f"{stage}: lists {f} in deps but does not run it"
+                for f in sorted(declared - needed)]
+    return out
 
 
 def test_every_stage_lists_exactly_the_files_it_runs():
     assert problems() == []
 
 
-def copy_project(tmp_path: Path) -> Path:
-    for name in ("dvc.yaml", "stages", "src"):
-        src = ROOT / name
-        (shutil.copytree if src.is_dir() else shutil.copy2)(src, tmp_path / name)
-    return tmp_path
-
-
 def with_deps(tmp_path: Path, stage: str, edit) -> Path:
     """A copy of the project whose dvc.yaml has ``edit`` applied to ``stage``'s deps."""
-    repo = copy_project(tmp_path)
+    repo = copy_project(tmp_path, files=("dvc.yaml", "stages", "src"))
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
     edit(dvc["stages"][stage]["deps"])
     (repo / "dvc.yaml").write_text(yaml.safe_dump(dvc))
@@ -40,17 +57,17 @@ def test_a_superfluous_dep_is_named(tmp_path):
 
 
 def test_function_level_imports_and_the_package_init_count(tmp_path):
-    repo = copy_project(tmp_path)
+    repo = copy_project(tmp_path, files=("dvc.yaml", "stages", "src"))
     (repo / "src/fmnist/extra.py").write_text("X = 1\n")
     report = repo / "src/fmnist/report.py"
     report.write_text(report.read_text() + "\n\ndef late():\n    from fmnist import extra\n"
                       "    return extra.X\n")
-    closure = import_closure(Path("stages/evaluate.py"), repo)
+    closure = closure_of("stages/evaluate.py", repo)
     assert "src/fmnist/extra.py" in closure and "src/fmnist/__init__.py" in closure
     assert problems(repo) == ["evaluate: runs src/fmnist/extra.py but does not list it in deps"]
 
 
 def test_evaluate_does_not_run_the_training_loop():
-    closure = import_closure(Path("stages/evaluate.py"))
+    closure = closure_of("stages/evaluate.py")
     assert not {"src/fmnist/train.py", "src/fmnist/resume.py",
                 "src/fmnist/batching.py"} & closure

@@ -11,7 +11,7 @@ from tests.support import (
     PY,
     assert_one_line_error,
     free_port,
-    run_script,
+    run_stage,
     set_params,
     state_hash,
     weights_hash,
@@ -53,7 +53,7 @@ def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
     assert state_hash(ranks[0]["weights"]) == state_hash(ranks[1]["weights"])
 
     # Same global batch and lr in one process: accuracy matches within the tolerance.
-    single = run_script(prepared, "stages/train.py", "lenet")
+    single = run_stage(prepared, "train-lenet")
     assert single.returncode == 0, single.stderr
     single_acc = json.loads((prepared / "models/lenet/meta.json").read_text())
     single_acc = single_acc["final"]["val_accuracy"]
@@ -82,7 +82,7 @@ def test_stage_launches_torchrun_itself_and_is_deterministic(prepared):
                           "runtime": {"resume": False, "master_port": free_port()}})
     hashes = []
     for _ in range(2):
-        proc = run_script(prepared, "stages/train.py", "lenet")
+        proc = run_stage(prepared, "train-lenet")
         assert proc.returncode == 0, proc.stdout + proc.stderr
         meta = json.loads((prepared / "models/lenet/meta.json").read_text())
         assert meta["world_size"] == 2
@@ -95,11 +95,11 @@ def test_stage_launches_torchrun_itself_and_is_deterministic(prepared):
     ({"batch_size": 33, "distributed": {"nproc": 2}},
      ["train_lenet.batch_size: 33 does not divide among 2 processes"]),
     ({"distributed": {"nproc": 2, "backend": "nccl"}, "device": "cpu"},
-     ["train_lenet.distributed.backend: 'nccl' needs CUDA"]),
+     ["train_lenet.distributed.backend: 'nccl' needs a CUDA device"]),
 ])
 def test_launcher_misconfiguration_is_one_line_before_torchrun(prepared, updates, needles):
     set_params(prepared, {"train_lenet": updates, "runtime": {"master_port": free_port()}})
-    proc = run_script(prepared, "stages/train.py", "lenet")
+    proc = run_stage(prepared, "train-lenet")
     assert_one_line_error(proc, "params.yaml: ", *needles)
     assert "torch.distributed" not in proc.stderr
 
@@ -109,5 +109,5 @@ def test_nccl_with_device_auto_on_a_cpu_machine(prepared):
     set_params(prepared, {"train_lenet": {"distributed": {"nproc": 2, "backend": "nccl"},
                                           "device": "auto"},
                           "runtime": {"master_port": free_port()}})
-    proc = run_script(prepared, "stages/train.py", "lenet")
+    proc = run_stage(prepared, "train-lenet")
     assert_one_line_error(proc, "'nccl' needs a CUDA device")

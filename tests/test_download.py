@@ -5,7 +5,7 @@ import pytest
 from fmnist.common import UserError
 from fmnist.download import download
 from fmnist.params import RAW_FILES, DownloadParams
-from tests.support import run_script, set_params
+from tests.support import run_stage, set_params
 
 
 def params(sources, sha, **kw) -> DownloadParams:
@@ -95,7 +95,7 @@ def test_wrong_checksum_falls_through(tmp_path, synthetic, http_server, capsys):
 def test_all_sources_fail_stage_exit(workdir, http_server):
     dead = http_server(workdir / "stages")
     set_params(workdir, {"download": {"sources": [str(workdir / "nope"), dead.url]}})
-    proc = run_script(workdir, "stages/download.py")
+    proc = run_stage(workdir, "download")
     assert proc.returncode == 2
     last = proc.stderr.strip().splitlines()[-1]
     assert last.startswith("error: train-images-idx3-ubyte.gz: every source failed")
@@ -104,8 +104,9 @@ def test_all_sources_fail_stage_exit(workdir, http_server):
     assert leftovers(workdir / "data" / "raw") == []
 
 
+@pytest.mark.e2e
 def test_stage_success(workdir):
-    proc = run_script(workdir, "stages/download.py")
+    proc = run_stage(workdir, "download")
     assert proc.returncode == 0, proc.stderr
     assert leftovers(workdir / "data" / "raw") == sorted(RAW_FILES)
 

@@ -1,4 +1,9 @@
+"""Evaluation: scikit-learn's numbers, the metrics files, figures and the report.
+
+The work folder after all five stages is built once per test run (``evaluated``)."""
+
 import json
+import re
 import shutil
 
 import numpy as np
@@ -7,8 +12,8 @@ from sklearn.metrics import f1_score
 
 from fmnist import CLASSES
 from fmnist.evaluate import scores
-from fmnist.report import render
-from tests.support import make_workdir, run_script, run_stages
+from fmnist.report import hyperparameters, render
+from tests.support import run_stage, run_stages, set_params
 
 
 def test_scores_against_hand_computed_values():
@@ -25,13 +30,6 @@ def test_scores_against_hand_computed_values():
     assert s["macro_f1"] == pytest.approx(f1_score(labels, probs.argmax(1), average="macro",
                                                    labels=range(10), zero_division=0))
     assert list(s["per_class"]) == list(CLASSES)
-
-
-@pytest.fixture(scope="module")
-def evaluated(tmp_path_factory, synthetic):
-    wd = make_workdir(tmp_path_factory.mktemp("eval"), synthetic)
-    run_stages(wd, "download", "preprocess", "train lenet", "train alexnet", "evaluate")
-    return wd
 
 
 def test_metrics_files(evaluated):
@@ -69,11 +67,11 @@ def test_figures(evaluated):
         assert drawn > 0.02, (f.name, drawn)
 
 
-def test_no_misclassified_grid_when_none_asked(tmp_path, synthetic):
-    from tests.support import set_params
-    wd = make_workdir(tmp_path, synthetic)
+def test_no_misclassified_grid_when_none_asked(evaluated):
+    wd = evaluated
+    shutil.rmtree(wd / "metrics/figures")
     set_params(wd, {"evaluate": {"misclassified": 0}})
-    run_stages(wd, "download", "preprocess", "train lenet", "train alexnet", "evaluate")
+    run_stages(wd, "evaluate")
     figs = {p.name for p in (wd / "metrics/figures").iterdir()}
     assert not any("misclassified" in f for f in figs)
     report = (wd / "metrics/report.md").read_text()
@@ -85,13 +83,12 @@ def test_report_links_only_figures_that_exist(evaluated):
     assert figure_links("m", ["m_confusion.png"]) == [
         "![confusion matrix](figures/m_confusion.png)"]
     report = (evaluated / "metrics/report.md").read_text()
-    import re
     for link in re.findall(r"\(figures/([^)]+)\)", report):
         assert (evaluated / "metrics/figures" / link).exists(), link
 
 
 def test_unknown_model_names_the_known_stages(evaluated):
-    proc = run_script(evaluated, "stages/evaluate.py", "--models", "foo")
+    proc = run_stage(evaluated, "evaluate", "--models", "foo")
     assert proc.returncode == 2
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "unknown model 'foo'" in lines[0]
@@ -99,27 +96,19 @@ def test_unknown_model_names_the_known_stages(evaluated):
 
 
 @pytest.mark.parametrize("damage", ["truncated", "empty", "bare tensor", "bad meta"])
-def test_unreadable_checkpoint_is_one_line(evaluated, tmp_path, damage):
-    import shutil
-
+def test_unreadable_checkpoint_is_one_line(evaluated, damage):
     import torch
     model_dir = evaluated / "models/lenet"
-    backup = tmp_path / "lenet"
-    shutil.copytree(model_dir, backup)
-    try:
-        weights = model_dir / "model.pt"
-        if damage == "truncated":
-            weights.write_bytes(weights.read_bytes()[:1000])
-        elif damage == "empty":
-            weights.write_bytes(b"")
-        elif damage == "bare tensor":
-            torch.save(torch.zeros(3), weights)
-        else:
-            (model_dir / "meta.json").write_text("{not json")
-        proc = run_script(evaluated, "stages/evaluate.py", "--models", "lenet")
-    finally:
-        shutil.rmtree(model_dir)
-        shutil.copytree(backup, model_dir)
+    weights = model_dir / "model.pt"
+    if damage == "truncated":
+        weights.write_bytes(weights.read_bytes()[:1000])
+    elif damage == "empty":
+        weights.write_bytes(b"")
+    elif damage == "bare tensor":
+        torch.save(torch.zeros(3), weights)
+    else:
+        (model_dir / "meta.json").write_text("{not json")
+    proc = run_stage(evaluated, "evaluate")
     assert proc.returncode == 2, proc.stderr
     lines = proc.stderr.strip().splitlines()
     assert len(lines) == 1 and "Traceback" not in proc.stderr, proc.stderr
@@ -142,7 +131,7 @@ def test_report_has_the_write_ups_tables(evaluated):
     assert "figures/alexnet_misclassified.png" in report
 
 
-def test_both_views_of_the_test_set_are_reported(evaluated, tmp_path):
+def test_both_views_of_the_test_set_are_reported(evaluated):
     import yaml
     tta = yaml.safe_load((evaluated / "params.yaml").read_text())["evaluate"]["tta"]
     m = json.loads((evaluated / "metrics/lenet.json").read_text())
@@ -155,11 +144,8 @@ def test_both_views_of_the_test_set_are_reported(evaluated, tmp_path):
     assert f"image + mirror {views['hflip']['accuracy']:.4f}" in report
     assert "held out for validation" in report
     # the other setting makes the other view the headline
-    from tests.support import set_params
     other = "none" if tta == "hflip" else "hflip"
-    wd = make_workdir(tmp_path, ("unused", {}))  # stages + params only; data reused below
-    shutil.copytree(evaluated / "data", wd / "data")
-    shutil.copytree(evaluated / "models", wd / "models")
+    wd = evaluated
     set_params(wd, {"evaluate": {"tta": other}})
     run_stages(wd, "evaluate")
     m2 = json.loads((wd / "metrics/lenet.json").read_text())
@@ -170,8 +156,8 @@ def test_both_views_of_the_test_set_are_reported(evaluated, tmp_path):
 def test_hflip_tta_averages_the_logits_of_the_image_and_its_mirror():
     import torch
 
-    from fmnist.checkpoint import predict_logits
     from fmnist.data import Split
+    from fmnist.inference import predict_logits
 
     class Probe(torch.nn.Module):  # logits that tell an image from its mirror
         def forward(self, x):
@@ -182,7 +168,7 @@ def test_hflip_tta_averages_the_logits_of_the_image_and_its_mirror():
     images[:, :, :5] = 255  # bright on the left only
     split = Split(images, torch.zeros(3, dtype=torch.int64))
     one = predict_logits(Probe(), split, None, 2, torch.device("cpu"))
-    both = predict_logits(Probe(), split, None, 2, torch.device("cpu"), hflip=True)
+    both = predict_logits(Probe(), split, None, 2, torch.device("cpu"), view="hflip")
     assert one[0, 0] > 0 and one[0, 1] == 0
     torch.testing.assert_close(both[:, 0], both[:, 1])  # symmetric after averaging
     torch.testing.assert_close(both[:, 0], one[:, 0] / 2)
@@ -192,7 +178,7 @@ def test_missing_checkpoint_names_the_stage(evaluated):
     import shutil
     shutil.move(evaluated / "models/alexnet", evaluated / "alexnet.bak")
     try:
-        proc = run_script(evaluated, "stages/evaluate.py")
+        proc = run_stage(evaluated, "evaluate")
     finally:
         shutil.move(evaluated / "alexnet.bak", evaluated / "models/alexnet")
     assert proc.returncode == 2
@@ -200,7 +186,9 @@ def test_missing_checkpoint_names_the_stage(evaluated):
     assert "Traceback" not in proc.stderr
 
 
-def test_render_is_pure():
+def test_report_describes_the_write_ups_recipe():
+    """The hyperparameters table of a run with the write-up's own recipe (Adam with L2 in
+    the gradient, no schedule, no normalization, no augmentation) says so in words."""
     meta = {"title": "M", "params": {"optimizer": "adam", "lr": 1e-3, "schedule": "constant",
                                      "weight_decay": 0.01, "batch_size": 128, "epochs": 10,
                                      "label_smoothing": 0.0, "normalize": False,
@@ -215,10 +203,10 @@ def test_render_is_pure():
     assert "| Weight decay | 0.01 (L2 in the gradient) |" in text
     assert "| Augmentation | none |" in text and "| Input normalization | none (x / 255) |" in text
     assert "| Learning rate | 0.001 |" in text
+    assert "| Test Accuracy | 0.7500 |" in text and "| Test top-2 accuracy | 0.9000 |" in text
 
 
 def test_hyperparameters_name_each_augmentation():
-    from fmnist.report import hyperparameters
     p = {"optimizer": "adamw", "lr": 1e-2, "schedule": "onecycle", "weight_decay": 1e-4,
          "batch_size": 512, "epochs": 40, "label_smoothing": 0.1, "normalize": True,
          "seed": 1, "momentum": 0.9,

@@ -6,7 +6,7 @@ import pytest
 
 from fmnist.params import RAW_FILES
 from tests.support import commit, ran
-from tools.smoke import run, stage_paths, validate_pipeline
+from tools.repo import run, stage_paths, validate_pipeline
 
 pytestmark = pytest.mark.e2e
 
@@ -88,7 +88,8 @@ RESULT_CHANGING = [  # (update, the stage it changes, whether its outputs change
 
 @pytest.fixture(scope="module")
 def ran_repo(tmp_path_factory, synthetic):
-    from tools.smoke import make_repo, repo_env, tiny_overrides, update_params
+    from tests.support import tiny_overrides
+    from tools.repo import make_repo, repo_env, update_params
     tmp = tmp_path_factory.mktemp("params-deps")
     src, sha = synthetic
     (tmp / "home").mkdir()
@@ -114,7 +115,7 @@ def downstream(stage: str) -> set[str]:
 
 @pytest.mark.parametrize("update", RUNTIME_ONLY, ids=lambda u: json.dumps(u))
 def test_run_time_settings_rerun_nothing(ran_repo, update):
-    from tools.smoke import update_params
+    from tools.repo import update_params
     repo, env = ran_repo
     update_params(repo / "params.yaml", update)
     try:
@@ -127,7 +128,7 @@ def test_run_time_settings_rerun_nothing(ran_repo, update):
                          ids=[r[1] for r in RESULT_CHANGING])
 def test_a_result_changing_key_reruns_its_stage_and_what_follows(ran_repo, synthetic, update,
                                                                  stage, changes):
-    from tools.smoke import update_params
+    from tools.repo import update_params
     repo, env = ran_repo
     update = json.loads(json.dumps(update).replace("{synthetic}", str(synthetic[0])))
     update_params(repo / "params.yaml", update)
@@ -142,20 +143,87 @@ def test_a_result_changing_key_reruns_its_stage_and_what_follows(ran_repo, synth
         assert status_stages(repo, env) == set()
 
 
-# ---------------------------------------------------------------- pure outputs
+# ---------------------------------------------------------------- pure outputs, paths
 
 
-def test_forced_rerun_of_every_stage_leaves_dvc_lock_unchanged(ran_repo):
+def snapshot(repo) -> dict[str, int]:
+    """Every file of the repo outside git's and DVC's own folders: path -> mtime (ns)."""
+    return {str(p.relative_to(repo)): p.stat().st_mtime_ns for p in repo.rglob("*")
+            if p.is_file() and not {".git", ".dvc"} & set(p.relative_to(repo).parts)}
+
+
+@pytest.fixture(scope="module")
+def forced_reruns(ran_repo):
+    """Each stage re-run alone with `dvc repro -f -s`: dvc.lock after it, and the files
+    it wrote (new or rewritten)."""
     import shutil
     repo, env = ran_repo
-    lock = (repo / "dvc.lock").read_text()
-    for stage in ("download", "preprocess", "train-lenet", "train-alexnet", "evaluate"):
+    record = {}
+    for stage in stage_paths(repo):
         shutil.rmtree(repo / "state", ignore_errors=True)  # so that training really trains
+        before = snapshot(repo)
         out = run(["dvc", "repro", "-f", "-s", stage], repo, env).stdout
         assert ran(out) == {stage}
-        assert (repo / "dvc.lock").read_text() == lock, f"`dvc repro -f {stage}` changed dvc.lock"
+        after = snapshot(repo)
+        record[stage] = ((repo / "dvc.lock").read_text(),
+                         {p for p, t in after.items() if before.get(p) != t})
+    return record
+
+
+def test_forced_rerun_of_every_stage_leaves_dvc_lock_unchanged(ran_repo, forced_reruns):
+    repo, env = ran_repo
+    lock = run(["git", "show", "HEAD:dvc.lock"], repo, env).stdout
+    for stage, (after, _) in forced_reruns.items():
+        assert after == lock, f"`dvc repro -f {stage}` changed dvc.lock"
     # the timings did change (they are wall times), and they are not in dvc.lock
     timings = json.loads((repo / "metrics/timings/lenet.json").read_text())
     assert timings["train_seconds"] > 0 and "metrics/timings" not in lock
     shown = json.loads(run(["dvc", "metrics", "show", "--json"], repo, env).stdout)
     assert "train_seconds" in json.dumps(shown)
+
+
+def test_every_path_a_stage_writes_is_declared_in_dvc_yaml(ran_repo, forced_reruns):
+    """dvc.yaml is the one place paths live: a stage writes its declared outs, metrics
+    and plots, the top-level metrics (timings), and its resume state (the `--state` in
+    its cmd: per machine, git-ignored, never cached), and nothing else."""
+    import shlex
+
+    import yaml
+    repo, _ = ran_repo
+    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    top_metrics = set(dvc.get("metrics", []))
+    for stage, (_, written) in forced_reruns.items():
+        declared = set(stage_paths(repo)[stage][1])
+        words = shlex.split(dvc["stages"][stage]["cmd"])
+        state = {words[words.index("--state") + 1]} if "--state" in words else set()
+        allowed = declared | top_metrics | state
+        assert written, f"{stage} wrote nothing"
+        stray = sorted(p for p in written
+                       if not any(p == a or p.startswith(a.rstrip("/") + "/") for a in allowed))
+        assert stray == [], f"{stage} writes paths dvc.yaml does not declare: {stray}"
+
+
+# ---------------------------------------------------------------- the README's commands
+
+# Commands the README shows that are cheap and need no training: run as shown
+CHEAP = ("dvc status", "dvc dag", "dvc params diff", "dvc metrics show", "dvc metrics diff",
+         "fmnist")
+
+
+def readme_commands() -> list[str]:
+    import re
+
+    from tools import ROOT
+    blocks = re.findall(r"```sh\n(.*?)```", (ROOT / "README.md").read_text(), re.S)
+    lines = [line.split("#")[0].strip() for b in blocks for line in b.splitlines()]
+    return [line for line in lines if line.startswith(CHEAP)]
+
+
+def test_the_readmes_cheap_commands_work_as_shown(ran_repo):
+    import shlex
+    repo, env = ran_repo
+    commands = readme_commands()
+    assert {c.split()[0] for c in commands} == {"dvc", "fmnist"} and len(commands) >= 6
+    for command in commands:
+        proc = run(shlex.split(command), repo, env, check=False)
+        assert proc.returncode == 0, f"`{command}` failed:\n{proc.stdout}{proc.stderr}"

@@ -7,7 +7,13 @@ import torch
 from fmnist.batching import augment_batch, epoch_order, erase_batch
 from fmnist.data import load_split, load_stats, to_input
 from fmnist.preprocess import split_validation
-from tests.support import file_sha256, run_script
+from tests.support import file_sha256, run_stage
+
+
+def augment(**kw):
+    from fmnist.params import Augment
+    return Augment(**{"crop_padding": 0, "hflip": False, "erase": 0.0,
+                      "erase_area": (0.02, 0.4), "erase_ratio": (0.3, 3.3), **kw})
 
 
 def test_stratified_seeded_split():
@@ -29,9 +35,10 @@ def test_zero_validation():
     assert len(tl) == 20 and len(vl) == 0 and vi.shape == (0, 28, 28)
 
 
+@pytest.mark.e2e
 def test_stage_writes_the_store(workdir):
-    assert run_script(workdir, "stages/download.py").returncode == 0
-    proc = run_script(workdir, "stages/preprocess.py")
+    assert run_stage(workdir, "download").returncode == 0
+    proc = run_stage(workdir, "preprocess")
     assert proc.returncode == 0, proc.stderr
     prepared = workdir / "data" / "prepared"
     train, val, test = (load_split(prepared, s) for s in ("train", "val", "test"))
@@ -48,7 +55,7 @@ def test_stage_writes_the_store(workdir):
     # Run again, the store is the same bytes: DVC sees no change, and nothing downstream
     # re-runs (torch.save to a path would name the zip's folder after a temporary file).
     first = {f.name: file_sha256(f) for f in prepared.iterdir()}
-    assert run_script(workdir, "stages/preprocess.py").returncode == 0
+    assert run_stage(workdir, "preprocess").returncode == 0
     assert {f.name: file_sha256(f) for f in prepared.iterdir()} == first
 
 
@@ -99,21 +106,20 @@ def test_erase_batch_puts_one_rectangle_of_noise_in_the_chosen_images():
 def test_train_batches_draw_nothing_for_augmentations_that_are_off():
     from fmnist.batching import train_batches
     from fmnist.data import Split
-    from fmnist.params import Augment
     split = Split(torch.randint(0, 256, (64, 28, 28), dtype=torch.uint8),
                   torch.zeros(64, dtype=torch.int64))
     order = torch.arange(64)
 
-    def first(aug: Augment) -> torch.Tensor:
+    def first(aug) -> torch.Tensor:
         return next(train_batches(split, 64, order, None, aug,
                                   torch.Generator().manual_seed(3)))[0]
 
-    flip = first(Augment(crop_padding=0, hflip=True))
-    flip_erase = first(Augment(crop_padding=0, hflip=True, erase=1.0))
+    flip = first(augment(crop_padding=0, hflip=True))
+    flip_erase = first(augment(crop_padding=0, hflip=True, erase=1.0))
     # the flips are the same draws with erasing on; erasing changes only some pixels
     same = flip == flip_erase
     assert 0 < (~same).sum() < same.sum()
-    assert torch.equal(first(Augment(crop_padding=0, hflip=False)), to_input(split.images, None))
+    assert torch.equal(first(augment(crop_padding=0, hflip=False)), to_input(split.images, None))
 
 
 @pytest.mark.parametrize("field,value", [("erase_area", (0.0, 0.3)), ("erase_area", (0.3, 0.2)),
@@ -121,15 +127,12 @@ def test_train_batches_draw_nothing_for_augmentations_that_are_off():
                                          ("erase_ratio", (3.0, 2.0)), ("erase", 1.5)])
 def test_augment_rejects_bad_erasing_params(field, value):
     from pydantic import ValidationError
-
-    from fmnist.params import Augment
     with pytest.raises(ValidationError):
-        Augment(crop_padding=0, hflip=False, **{field: value})
+        augment(crop_padding=0, hflip=False, **{field: value})
 
 
 def test_augment_erase_ratio_may_exceed_one_but_area_may_not():
-    from fmnist.params import Augment
-    aug = Augment(crop_padding=0, hflip=False, erase_area=(0.1, 1.0), erase_ratio=(0.5, 5.0))
+    aug = augment(crop_padding=0, hflip=False, erase_area=(0.1, 1.0), erase_ratio=(0.5, 5.0))
     assert aug.erase_area == (0.1, 1.0) and aug.erase_ratio == (0.5, 5.0)
 
 

@@ -1,19 +1,26 @@
+"""Presets: partial params.yaml files, given to `dvc exp run` as --set-param arguments."""
+
+import subprocess
+
 import pytest
 import yaml
 
 from fmnist.common import UserError
-from fmnist.params import TRAIN_PARAMS, validate
+from fmnist.models import MODELS
+from fmnist.params import validate
+from fmnist.presets import flatten, load_preset, set_args
+from tests.support import PY
 from tools import ROOT
-from tools.presets import flatten, load_preset, set_args
-from tools.smoke import merge
+from tools.repo import merge
+
+PRESETS = ROOT / "presets"
 
 
 def test_writeup_preset_gives_the_write_ups_settings():
     params = yaml.safe_load((ROOT / "params.yaml").read_text())
-    merged = merge(params, load_preset("writeup"))
-    for name, model in TRAIN_PARAMS.items():
-        section = f"train_{name}"
-        p = validate(model, merged[section], section)
+    merged = merge(params, load_preset("writeup", PRESETS))
+    for s in MODELS.values():
+        p = validate(s.params, merged[s.section], s.section)
         assert (p.optimizer, p.lr, p.weight_decay, p.batch_size, p.epochs, p.seed) == (
             "adam", 0.001, 0.01, 128, 10, 1)
         assert p.schedule == "constant" and not p.normalize and p.label_smoothing == 0
@@ -33,5 +40,21 @@ def test_set_args_are_yaml_values_dvc_can_parse():
 
 
 def test_unknown_preset():
-    with pytest.raises(UserError, match="no preset 'nope' \\(known: .*writeup"):
-        load_preset("nope")
+    with pytest.raises(UserError, match="no preset 'nope' \\(known in .*presets/: .*writeup"):
+        load_preset("nope", PRESETS)
+
+
+@pytest.mark.e2e
+def test_the_fmnist_command_prints_a_preset_and_has_help():
+    """`fmnist presets writeup` from the project root, as the README shows it, and
+    --help for the command and each subcommand."""
+    proc = subprocess.run([PY, "-m", "fmnist.cli", "presets", "writeup"], cwd=ROOT,
+                          capture_output=True, text=True, check=True)
+    assert proc.stdout.split() == set_args(load_preset("writeup", PRESETS))
+    for args in ([], ["presets"], ["reproduce"]):
+        proc = subprocess.run([PY, "-m", "fmnist.cli", *args, "--help"], cwd=ROOT,
+                              capture_output=True, text=True)
+        assert proc.returncode == 0 and "usage: fmnist" in proc.stdout, proc.stderr
+    proc = subprocess.run([PY, "-m", "fmnist.cli", "presets", "nope"], cwd=ROOT,
+                          capture_output=True, text=True)
+    assert proc.returncode == 2 and proc.stderr.startswith("error: no preset 'nope'")

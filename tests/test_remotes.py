@@ -7,7 +7,7 @@ import json
 import pytest
 
 from tests.support import commit_run, free_port, output_hashes, ran
-from tools.smoke import run
+from tools.repo import run
 
 pytestmark = pytest.mark.e2e
 

@@ -8,7 +8,7 @@ import yaml
 
 from tests.support import PY
 from tools import ROOT
-from tools.smoke import run
+from tools.repo import run
 
 pytestmark = pytest.mark.e2e
 
@@ -20,7 +20,7 @@ def committed_run(repo, env):
 
 
 def reproduce(repo, tmp_path):
-    return subprocess.run([PY, "-m", "tools.reproduce", "--repo", str(repo), "--keep",
+    return subprocess.run([PY, "-m", "fmnist.cli", "reproduce", "--repo", str(repo), "--keep",
                            str(tmp_path / "work")], cwd=ROOT, capture_output=True, text=True,
                           timeout=600)
 

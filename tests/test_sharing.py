@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 
 from tests.support import commit_run, free_port, output_hashes, ran
-from tools.smoke import run
+from tools.repo import run
 
 pytestmark = pytest.mark.e2e
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"

@@ -1,4 +1,6 @@
-import ctypes
+"""Training: determinism, checkpoints, weight averaging, kill and resume, the resume
+fingerprint, non-finite losses, bf16. Every test here trains (the slower tier)."""
+
 import io
 import json
 import shutil
@@ -9,21 +11,24 @@ import time
 import pytest
 import torch
 
-from fmnist.checkpoint import load_checkpoint, loss_and_accuracy, predict_logits
+from fmnist.checkpoint import load_checkpoint
 from fmnist.common import UserError
 from fmnist.data import load_split, load_stats
+from fmnist.inference import loss_and_accuracy, predict_logits
 from fmnist.train import Trainer
 from tests.support import (
-    PY,
     assert_one_line_error,
     file_sha256,
-    run_script,
+    run_stage,
     run_stages,
     run_train,
     run_train_interrupted,
     set_params,
     weights_hash,
 )
+from tools.repo import stage_argv
+
+pytestmark = pytest.mark.e2e
 
 
 @pytest.mark.parametrize("name", ["lenet", "alexnet"])
@@ -69,8 +74,8 @@ def test_checkpoint_that_does_not_fit(prepared):
 def test_fp16_on_cpu_is_refused(prepared):
     # device: cpu is refused when params load, in one line naming the key
     set_params(prepared, {"train_lenet": {"amp": "fp16", "device": "cpu"}})
-    proc = run_script(prepared, "stages/train.py", "lenet")
-    assert_one_line_error(proc, "train_lenet.amp: 'fp16' needs a CUDA device")
+    proc = run_stage(prepared, "train-lenet")
+    assert_one_line_error(proc, "params.yaml: train_lenet.amp: 'fp16' needs a CUDA device")
     # device: auto on a machine without CUDA is refused once the device is known
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="amp: 'fp16' needs a CUDA device"):
@@ -126,7 +131,7 @@ SLOW = {"epochs": 3, "batch_size": 16,
 
 def kill_after_first_epoch(wd) -> None:
     state = wd / "state/alexnet/last.pt"
-    proc = subprocess.Popen([PY, "stages/train.py", "alexnet"], cwd=wd,
+    proc = subprocess.Popen(stage_argv("train-alexnet"), cwd=wd,
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE)
     deadline = time.monotonic() + 120
     while not state.exists():
@@ -143,7 +148,7 @@ def kill_after_first_epoch(wd) -> None:
 
 def test_resume_after_kill_gives_the_uninterrupted_weights(prepared):
     set_params(prepared, {"train_alexnet": SLOW})
-    ref = run_script(prepared, "stages/train.py", "alexnet")
+    ref = run_stage(prepared, "train-alexnet")
     assert ref.returncode == 0, ref.stderr
     ref_hash = weights_hash(prepared / "models/alexnet/model.pt")
     ref_curves = (prepared / "metrics/curves/alexnet.tsv").read_text()
@@ -151,7 +156,7 @@ def test_resume_after_kill_gives_the_uninterrupted_weights(prepared):
     (prepared / "state/alexnet/last.pt").unlink()
 
     kill_after_first_epoch(prepared)
-    proc = run_script(prepared, "stages/train.py", "alexnet")
+    proc = run_stage(prepared, "train-alexnet")
     assert proc.returncode == 0, proc.stderr
     assert "resuming after epoch 1 of 3" in proc.stdout
     assert weights_hash(prepared / "models/alexnet/model.pt") == ref_hash
@@ -162,7 +167,7 @@ def test_changed_param_starts_fresh(prepared):
     set_params(prepared, {"train_alexnet": SLOW})
     kill_after_first_epoch(prepared)
     set_params(prepared, {"train_alexnet": {"lr": 0.002}})
-    proc = run_script(prepared, "stages/train.py", "alexnet")
+    proc = run_stage(prepared, "train-alexnet")
     assert proc.returncode == 0, proc.stderr
     assert "made from other params; training from scratch" in proc.stdout
     assert "resuming" not in proc.stdout
@@ -170,7 +175,7 @@ def test_changed_param_starts_fresh(prepared):
 
 def test_resume_false_ignores_state(prepared):
     set_params(prepared, {"train_alexnet": SLOW})
-    ref = run_script(prepared, "stages/train.py", "alexnet")
+    ref = run_stage(prepared, "train-alexnet")
     assert ref.returncode == 0, ref.stderr
     fresh = weights_hash(prepared / "models/alexnet/model.pt")
     shutil.rmtree(prepared / "models")
@@ -183,14 +188,14 @@ def test_resume_false_ignores_state(prepared):
     state["model"] = {k: v * 0.5 for k, v in state["model"].items()}
     torch.save(state, state_path)
     set_params(prepared, {"runtime": {"resume": False}})
-    proc = run_script(prepared, "stages/train.py", "alexnet")
+    proc = run_stage(prepared, "train-alexnet")
     assert proc.returncode == 0 and "resuming" not in proc.stdout
     assert weights_hash(prepared / "models/alexnet/model.pt") == fresh
     # and the same state with resume: true is resumed (so the edit above matters)
     set_params(prepared, {"runtime": {"resume": True}})
     torch.save(state, state_path)
     shutil.rmtree(prepared / "models")
-    proc = run_script(prepared, "stages/train.py", "alexnet")
+    proc = run_stage(prepared, "train-alexnet")
     assert proc.returncode == 0, proc.stderr
     assert "resuming after epoch 1 of 3" in proc.stdout
     assert weights_hash(prepared / "models/alexnet/model.pt") != fresh
@@ -199,25 +204,17 @@ def test_resume_false_ignores_state(prepared):
 def test_inconsistent_state_is_ignored(prepared):
     """A state whose fingerprint fits but whose content does not (here: an epoch count
     that disagrees with its scheduler) starts from scratch instead of failing later."""
-    run_stages(prepared, "train lenet")
+    run_stages(prepared, "train-lenet")
     fresh = weights_hash(prepared / "models/lenet/model.pt")
     state_path = prepared / "state/lenet/last.pt"
     state = torch.load(state_path, weights_only=True)
     state["epoch"] = 0 if state["epoch"] > 0 else 1
     torch.save(state, state_path)
     shutil.rmtree(prepared / "models")
-    proc = run_script(prepared, "stages/train.py", "lenet")
+    proc = run_stage(prepared, "train-lenet")
     assert proc.returncode == 0, proc.stderr
     assert "warning: lenet:" in proc.stdout and "training from scratch" in proc.stdout
     assert weights_hash(prepared / "models/lenet/model.pt") == fresh
-
-
-def test_first_line_of_an_exception_for_one_line_errors():
-    from fmnist.common import first_line
-    assert first_line(ValueError("bad header\n  at byte 12\n")) == "bad header"
-    assert first_line(RuntimeError("x" * 300), 80) == "x" * 80
-    assert first_line(ValueError()) == "ValueError"  # no message: its type, not a crash
-    assert first_line(RuntimeError("  \n")) == "RuntimeError"
 
 
 class _RunsCode:
@@ -241,13 +238,13 @@ def _saved(obj) -> bytes:
 
 @pytest.mark.parametrize("kind", sorted(BAD_STATES))
 def test_unreadable_state_is_ignored_and_replaced(prepared, kind):
-    ref = run_script(prepared, "stages/train.py", "lenet")
+    ref = run_stage(prepared, "train-lenet")
     assert ref.returncode == 0, ref.stderr
     fresh = weights_hash(prepared / "models/lenet/model.pt")
     state_path = prepared / "state/lenet/last.pt"
     state_path.write_bytes(BAD_STATES[kind](state_path.read_bytes()))
     shutil.rmtree(prepared / "models")
-    proc = run_script(prepared, "stages/train.py", "lenet")
+    proc = run_stage(prepared, "train-lenet")
     assert proc.returncode == 0, proc.stderr
     assert "pickled code ran" not in proc.stdout + proc.stderr
     warnings = [line for line in proc.stdout.splitlines() if line.startswith("warning:")]
@@ -277,41 +274,6 @@ def test_non_finite_loss_stops_at_once_and_writes_no_model(prepared, monkeypatch
     assert not (prepared / "a/model").exists()
 
 
-MALLOC_PROBE = """
-import ctypes, sys
-import torch
-from fmnist.runtime import keep_freed_memory
-
-class MallInfo2(ctypes.Structure):
-    _fields_ = [(f, ctypes.c_size_t) for f in ("arena", "ordblks", "smblks", "hblks",
-                "hblkhd", "usmblks", "fsmblks", "uordblks", "fordblks", "keepcost")]
-
-libc = ctypes.CDLL(None)
-libc.mallinfo2.restype = MallInfo2
-if sys.argv[1] == "tuned":
-    assert keep_freed_memory()
-before = libc.mallinfo2().hblkhd
-t = torch.ones(4 << 20)  # 16 MB, far above glibc's default 128 KB mmap threshold
-mapped = libc.mallinfo2().hblkhd - before
-del t
-print(mapped, libc.mallinfo2().fordblks)
-"""
-
-
-@pytest.mark.skipif(not hasattr(ctypes.CDLL(None), "mallinfo2"),
-                    reason="needs glibc >= 2.33 (mallinfo2)")
-def test_keep_freed_memory_keeps_activation_buffers_in_the_heap():
-    def probe(mode):
-        out = subprocess.run([PY, "-c", MALLOC_PROBE, mode], check=True, text=True,
-                             capture_output=True).stdout.split()
-        return int(out[0]), int(out[1])
-
-    mapped, _ = probe("default")
-    assert mapped >= 16 << 20  # glibc's default: its own mmap, unmapped again on free
-    mapped, free_in_heap = probe("tuned")
-    assert mapped == 0 and free_in_heap >= 16 << 20  # from the heap, and kept there
-
-
 # ---------------------------------------------------------------- bf16 on the CPU
 
 
@@ -330,25 +292,39 @@ def test_bf16_is_deterministic_and_resumes_to_the_same_weights(prepared, name):
     assert weights_hash(prepared / "c/model/model.pt") == ref
 
 
-def test_amp_auto_is_bf16_only_on_a_cpu_with_native_bf16(monkeypatch):
+@pytest.mark.parametrize("flags, ran", [(["avx2", "avx512f", "avx512_bf16"], "bf16"),
+                                        (["avx2", "avx512f"], "none")])
+def test_the_precision_that_ran_is_recorded(prepared, monkeypatch, flags, ran):
     import fmnist.runtime as runtime
-    cpu, cuda = torch.device("cpu"), torch.device("cuda", 0)
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "avx512f", "avx512_bf16"])
-    assert runtime.resolve_amp("auto", cpu) == "bf16"
-    assert runtime.resolve_amp("auto", cuda) == "none"
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "amx_bf16"])
-    assert runtime.resolve_amp("auto", cpu) == "bf16"
-    monkeypatch.setattr(runtime, "cpu_flags", lambda: ["avx2", "avx512f"])
-    assert runtime.resolve_amp("auto", cpu) == "none"
-    assert runtime.resolve_amp("bf16", cpu) == "bf16"  # asked for: emulated, but honoured
-
-
-def test_the_precision_that_ran_is_recorded(prepared):
-    from fmnist.runtime import native_bf16
+    monkeypatch.setattr(runtime, "cpu_flags", lambda: flags)
     meta = run_train(prepared, "lenet", "a", amp="auto", device="cpu")
-    ran = "bf16" if native_bf16() else "none"
     assert meta["params"]["amp"] == ran
     timings = json.loads((prepared / "a/timings.json").read_text())
     assert timings["precision"] == ran
-    assert set(timings["environment"]["cpu_flags"]) <= {
-        "avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile"}
+    assert timings["environment"]["cpu_flags"] == flags
+
+
+def test_an_edit_to_any_file_of_the_training_code_invalidates_the_resume_state(
+        prepared, tmp_path, monkeypatch, capsys):
+    """The fingerprint's code is the import closure of the training loop, so an edit to
+    runtime.py (autocast, determinism) or checkpoint.py counts as much as one to
+    train.py: the saved state is then ignored, and the run trains from scratch."""
+    from fmnist import closure
+    src = tmp_path / "src"
+    shutil.copytree(closure.SRC / "fmnist", src / "fmnist",
+                    ignore=shutil.ignore_patterns("__pycache__"))
+    monkeypatch.setattr(closure, "SRC", src)  # the fingerprint reads this copy's files
+    for edited in (None, "runtime.py", "checkpoint.py"):
+        tag = edited or "unedited"
+        assert run_train_interrupted(prepared, "lenet", tag, epochs=2)["epoch"] == 1
+        if edited:
+            with open(src / "fmnist" / edited, "a") as f:
+                f.write("\n# an edit\n")
+        capsys.readouterr()
+        run_train(prepared, "lenet", tag, epochs=2)
+        out = capsys.readouterr().out
+        if edited is None:  # the control: the same code resumes
+            assert "resuming after epoch 1 of 2" in out, out
+        else:
+            assert "made from other code; training from scratch" in out, out
+            assert "resuming" not in out

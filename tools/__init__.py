@@ -1,7 +1,8 @@
-"""Project tooling that no stage runs: benchmark, CI smoke run, synthetic data, presets,
-README tables and the check of the committed results. Run from the repository root
-(`python -m tools.NAME`); the package itself is found from this file, so it works
-whether or not fmnist is installed in editable mode."""
+"""Developer and CI tooling that no stage and no user command runs: the benchmark
+(`bench`), the step profiler (`profile_step`), the generated tables of README.md and
+docs/models.md (`readme`) and the temporary git+DVC repository harness that the tests
+and the benchmark share (`repo`). Run from the repository root: `python -m tools.NAME`.
+User commands are `fmnist` subcommands (src/fmnist/cli.py)."""
 
 from pathlib import Path
 

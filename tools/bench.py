@@ -28,15 +28,14 @@ from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
 from fmnist.batching import epoch_order, train_batches
-from fmnist.common import write_json
 from fmnist.data import Split, load_split, load_stats
-from fmnist.models import LocalResponseNorm, ReLUMaxPool, spec
-from fmnist.params import TrainParams, load_train
+from fmnist.files import write_json
+from fmnist.models import MODELS, LocalResponseNorm, ReLUMaxPool, spec
+from fmnist.params import TrainParams
 from fmnist.runtime import setup_runtime
 from fmnist.train import make_trainer
 from tools import ROOT
-from tools.smoke import make_repo, repo_env, tiny_overrides, update_params
-from tools.synthetic import write_dataset
+from tools.repo import repo_env, stage_argv
 
 TARGETS = {"lenet": {"baseline": 4.0},
            "alexnet": {"baseline": 1.4, "peak": 0.7, "bf16_peak": 0.7, "bf16_speedup": 1.8}}
@@ -147,7 +146,7 @@ def project_steps(name: str, params: TrainParams, split: Split, prepared: Path,
                   device: str = "cpu") -> Iterator[int]:
     """The project's training steps; batched where ``split`` lives (as ``train`` does:
     on the GPU when training there)."""
-    device = setup_runtime(device, params.threads).device
+    device = setup_runtime(params.model_copy(update={"device": device})).device
     trainer = make_trainer(name, params, device, total_steps=10**6)
     trainer.model.train()
     stats = load_stats(prepared) if params.normalize else None
@@ -200,31 +199,25 @@ def baseline_steps(name: str, params: TrainParams, raw: Path, scratch: Path,
             yield len(y)
 
 
-def noop_repro_seconds(env: dict[str, str]) -> tuple[float, str]:
-    """Time `dvc repro` with nothing to do: in the project if it is up to date, else in a
-    temporary synthetic copy of it (never starting a real training run)."""
+def noop_repro_seconds(repo: Path, env: dict[str, str]) -> tuple[float, str]:
+    """Time `dvc repro` with nothing to do: of the whole pipeline where it is up to date,
+    else of `preprocess` (which `make bench` brings up to date first); never starting
+    a training run."""
     dvc = shutil.which("dvc", path=env["PATH"]) or "dvc"
-    status = subprocess.run([dvc, "status", "--json"], cwd=ROOT, env=env, text=True,
+    status = subprocess.run([dvc, "status", "--json"], cwd=repo, env=env, text=True,
                             capture_output=True)
-    if status.returncode == 0 and json.loads(status.stdout or "{}") == {}:
-        where, cwd, tmp = "the project", ROOT, None
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="fmnist-bench-")
-        where = "a synthetic copy (the project's pipeline is not up to date)"
-        sha = write_dataset(Path(tmp.name) / "data")
-        cwd = make_repo(Path(tmp.name) / "repo", env)
-        update_params(cwd / "params.yaml", tiny_overrides([str(Path(tmp.name) / "data")], sha))
-        subprocess.run([dvc, "repro", "-q"], cwd=cwd, env=env, check=True,
-                       capture_output=True)
+    whole = status.returncode == 0 and json.loads(status.stdout or "{}") == {}
+    target, where = ([], "the whole pipeline") if whole else (
+        ["preprocess"], "download and preprocess (the pipeline is not up to date)")
     times = []
     for _ in range(3):
         t0 = time.perf_counter()
-        proc = subprocess.run([dvc, "repro"], cwd=cwd, env=env, text=True, capture_output=True)
+        proc = subprocess.run([dvc, "repro", *target], cwd=repo, env=env, text=True,
+                              capture_output=True)
         times.append(time.perf_counter() - t0)
         if proc.returncode != 0 or "Running stage" in proc.stdout:
-            raise RuntimeError(f"`dvc repro` was not a no-op in {cwd}:\n{proc.stdout}")
-    if tmp:
-        tmp.cleanup()
+            raise RuntimeError(f"`dvc repro {' '.join(target)}` was not a no-op:\n"
+                               f"{proc.stdout}{proc.stderr}")
     return statistics.median(times), where
 
 
@@ -274,7 +267,7 @@ def bench_gpu(names: list[str], params_path: str, split: Split, prepared: Path,
     out: dict = {"device": torch.cuda.get_device_name()}
     on_gpu = split.to(torch.device("cuda"))
     for name in names:
-        params = load_train(name, params_path)
+        params = spec(name).load_params(params_path)
         out[name] = {}
         for amp in ("none", "bf16"):
             p = params.model_copy(update={"amp": amp})
@@ -293,10 +286,13 @@ def bench_gpu(names: list[str], params_path: str, split: Split, prepared: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--prepared", default=str(ROOT / "data/prepared"))
-    parser.add_argument("--raw", default=str(ROOT / "data/raw"))
-    parser.add_argument("--models", nargs="+", default=["lenet", "alexnet"])
+    _, _, raw, prepared = stage_argv("preprocess")  # python stages/preprocess.py RAW OUT
+    parser.add_argument("--prepared", default=str(ROOT / prepared))
+    parser.add_argument("--raw", default=str(ROOT / raw))
+    parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--repo", type=Path, default=ROOT,
+                        help="the DVC project to time a no-op `dvc repro` in")
     parser.add_argument("--json", help="also write the results here")
     parser.add_argument("--quick", action="store_true",
                         help="a few steps per window: checks that it runs, times nothing")
@@ -316,7 +312,7 @@ def main() -> None:
     stats = load_stats(prepared)
     results: dict[str, dict] = {}
     default_threads = torch.get_num_threads()
-    torch.set_num_threads(load_train(args.models[0], args.params).threads
+    torch.set_num_threads(spec(args.models[0]).load_params(args.params).threads
                           or torch.get_num_threads())
     peaks, kernels = {}, {}
     for label, dtype in (("fp32", torch.float32), ("bf16", torch.bfloat16)):
@@ -332,7 +328,7 @@ def main() -> None:
     if args.quick:
         windows = dict.fromkeys(args.models, (2, 2, 1))
     with tempfile.TemporaryDirectory(prefix="fmnist-bench-") as scratch:
-        sections = {name: load_train(name, args.params) for name in args.models}
+        sections = {name: spec(name).load_params(args.params) for name in args.models}
         # The baselines run first, in the state a fresh interpreter starts in (torch's
         # default thread count, glibc's default malloc settings): the project's loop sets
         # both for the whole process (setup_runtime), and a tutorial sets neither.
@@ -345,8 +341,7 @@ def main() -> None:
                 n, max(1, per * params.batch_size // 128), warm))
     for name, params in sections.items():
         results[name] = bench_model(name, params, split, prepared, windows, base[name], peaks)
-    env = repo_env(os.environ.get("HOME", "/tmp"))
-    noop, where = noop_repro_seconds(env)
+    noop, where = noop_repro_seconds(args.repo, repo_env(os.environ.get("HOME", "/tmp")))
     print(f"no-op dvc repro: {noop:.2f} s in {where} (target < {NOOP_TARGET_S:g} s: "
           f"{'met' if noop < NOOP_TARGET_S else 'NOT met'})")
     results["noop_repro_s"] = noop

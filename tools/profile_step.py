@@ -18,19 +18,26 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fmnist.params import load_train
+from fmnist.models import MODELS, spec
+from fmnist.params import TrainParams
 from fmnist.runtime import setup_runtime
 from fmnist.train import Trainer, make_trainer
 from tools import ROOT
 
+# Layer kinds taken out, as arch settings; a model gets those its arch has
 ABLATIONS = {"as it is": {}, "without LRN": {"lrn": False}, "without dropout": {"dropout": 0.0},
              "without either": {"lrn": False, "dropout": 0.0}}
 
 
-def trainer_for(name: str, params_path: str, amp: str, arch: dict) -> tuple[Trainer, int]:
-    p = load_train(name, params_path)
-    p = p.model_copy(update={"amp": amp, "arch": p.arch.model_copy(update=arch)})
-    trainer = make_trainer(name, p, setup_runtime("cpu", p.threads).device, 10**6)
+def ablations_for(params: TrainParams) -> dict[str, dict]:
+    fields = type(params.arch).model_fields
+    return {k: a for k, a in ABLATIONS.items() if set(a) <= set(fields)}
+
+
+def trainer_for(name: str, params: TrainParams, amp: str, arch: dict) -> tuple[Trainer, int]:
+    p = params.model_copy(update={"amp": amp, "arch": params.arch.model_copy(update=arch),
+                                  "device": "cpu"})
+    trainer = make_trainer(name, p, setup_runtime(p).device, 10**6)
     trainer.model.train()
     return trainer, p.batch_size
 
@@ -59,7 +66,7 @@ def step_ms(runs: dict[str, tuple[Trainer, int]], rounds: int, steps: int) -> di
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--model", default="alexnet", choices=["lenet", "alexnet"])
+    parser.add_argument("--model", default="alexnet", choices=list(MODELS))
     parser.add_argument("--amp", default="bf16", choices=["none", "bf16"])
     parser.add_argument("--params", default=str(ROOT / "params.yaml"))
     parser.add_argument("--rounds", type=int, default=4)
@@ -67,8 +74,9 @@ def main() -> None:
     parser.add_argument("--ops", type=int, default=15, help="rows of the operator table")
     args = parser.parse_args()
 
-    ablations = ABLATIONS if args.model == "alexnet" else {"as it is": {}}
-    runs = {k: trainer_for(args.model, args.params, args.amp, a) for k, a in ablations.items()}
+    params = spec(args.model).load_params(args.params)
+    ablations = ablations_for(params)
+    runs = {k: trainer_for(args.model, params, args.amp, a) for k, a in ablations.items()}
     ms = step_ms(runs, args.rounds, args.steps)
     size = runs["as it is"][1]
     full = ms["as it is"]

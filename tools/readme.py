@@ -1,11 +1,13 @@
-"""The README's generated blocks: the architecture tables and the results table.
+"""The generated blocks of the docs: README.md's results table, docs/models.md's
+architecture tables.
 
-    python -m tools.readme           # rewrite the blocks in README.md
-    python -m tools.readme --check   # exit 1 when README.md is out of date (a test does this)
+    python -m tools.readme           # rewrite the blocks
+    python -m tools.readme --check   # exit 1 when a block is out of date (a test does this)
 
 A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``. The
-architecture tables come from the models' code, the results table from the committed
-``metrics/NAME.json`` and ``metrics/timings/NAME.json``: nothing is copied by hand.
+architecture tables come from the models' code and params.yaml's ``arch``, the results
+table from the committed metrics and timings files that dvc.yaml declares: nothing is
+copied by hand.
 """
 
 from __future__ import annotations
@@ -20,19 +22,12 @@ from typing import Any
 import torch
 from torch import nn
 
-from fmnist.models import (
-    INPUT_SHAPE,
-    REGISTRY,
-    Dropout,
-    LocalResponseNorm,
-    ReLUMaxPool,
-    build_model,
-    count_parameters,
-    spec,
-)
+from fmnist import models
+from fmnist.models import INPUT_SHAPE, MODELS, build_model, count_parameters
 from tools import ROOT
+from tools.repo import stage_argv
 
-README = ROOT / "README.md"
+README, MODELS_DOC = Path("README.md"), Path("docs/models.md")
 
 
 def describe(mod: nn.Module) -> str:
@@ -44,11 +39,11 @@ def describe(mod: nn.Module) -> str:
         return f"MaxPool {mod.kernel_size}"
     if isinstance(mod, nn.Linear):
         return f"Dense {mod.in_features}->{mod.out_features}"
-    if isinstance(mod, nn.Dropout | Dropout):
+    if isinstance(mod, nn.Dropout | models.Dropout):
         return f"Dropout {mod.p:g}"
-    if isinstance(mod, LocalResponseNorm):
+    if isinstance(mod, models.LocalResponseNorm):
         return f"LRN size {mod.size}"
-    if isinstance(mod, ReLUMaxPool):
+    if isinstance(mod, models.ReLUMaxPool):
         return f"ReLU + MaxPool {mod.kernel_size}"
     return type(mod).__name__
 
@@ -72,9 +67,12 @@ def summary(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
     return rows
 
 
-def architecture_table(name: str, arch: dict[str, Any] | None = None) -> str:
+def architecture_table(name: str, root: Path = ROOT) -> str:
+    """Model ``name`` as params.yaml's ``arch`` builds it, layer by layer."""
+    s = MODELS[name]
+    arch = s.load_params(root / "params.yaml").arch
     model = build_model(name, arch)
-    lines = [f"**{spec(name).title}** (input {'x'.join(map(str, INPUT_SHAPE))})", "",
+    lines = [f"**{s.title}** (input {'x'.join(map(str, INPUT_SHAPE))})", "",
              "| # | Layer | Output shape | Parameters |", "|---:|---|---|---:|"]
     for i, (label, shape, n) in enumerate(summary(model), 1):
         lines.append(f"| {i} | `{label}` | {'x'.join(map(str, shape))} | {n:,} |")
@@ -86,16 +84,27 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
+def option(argv: list[str], flag: str) -> str | None:
+    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
+
+
 def results_table(root: Path = ROOT) -> str:
-    """One row per model from the committed metrics and timings."""
+    """One row per model from the committed metrics and timings (where dvc.yaml's
+    commands write them)."""
+    evaluate = stage_argv("evaluate", root)
+    models = evaluate[evaluate.index("--models") + 1:]
+    metrics = evaluate[evaluate.index("--metrics") + 1:]
     lines = ["| Model | Parameters | Epochs | Val accuracy (last epoch) | Test accuracy "
              "| Single view / image + mirror | Test loss | Training time | Training images/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
-    for name in REGISTRY:
-        m = _read(root / "metrics" / f"{name}.json")
+    for name in MODELS:
+        if name not in models:
+            continue
+        m = _read(root / metrics[models.index(name)])
         if not m:
             continue
-        t = _read(root / "metrics" / "timings" / f"{name}.json")
+        timings = option(stage_argv(MODELS[name].stage, root), "--timings")
+        t = _read(root / timings) if timings else {}
         val = (m.get("val") or {}).get("accuracy")
         meta_val = f"{val:.4f}" if val is not None else "n/a"
         secs, rate = t.get("train_seconds"), t.get("images_per_second")
@@ -105,25 +114,33 @@ def results_table(root: Path = ROOT) -> str:
         views = (f"{views['single']['accuracy']:.4f} / {views['hflip']['accuracy']:.4f}"
                  if views else "n/a")
         lines.append(
-            f"| {spec(name).title} | {m['trainable_params']:,} | {m['epochs']} | "
+            f"| {MODELS[name].title} | {m['trainable_params']:,} | {m['epochs']} | "
             f"{meta_val} | **{m['test']['accuracy']:.4f}** | {views} | "
             f"{m['test']['loss']:.3f} | {secs} | {rate} |")
     return "\n".join(lines)
 
 
-def blocks(root: Path = ROOT) -> dict[str, str]:
-    return {"results": results_table(root),
-            "architectures": "\n\n".join(architecture_table(m) for m in REGISTRY)}
+def blocks(root: Path = ROOT) -> dict[Path, dict[str, str]]:
+    """file -> block name -> its generated text."""
+    return {README: {"results": results_table(root)},
+            MODELS_DOC: {"architectures": "\n\n".join(architecture_table(m, root)
+                                                      for m in MODELS)}}
 
 
-def render(text: str, generated: dict[str, str]) -> str:
+def render(text: str, generated: dict[str, str], where: Path = README) -> str:
     for name, body in generated.items():
         pattern = re.compile(rf"(<!-- generated: {name} -->\n)(?:.*?\n)?(<!-- end: {name} -->)",
                              re.S)
         if not pattern.search(text):
-            raise SystemExit(f"README.md has no block '{name}'")
+            raise SystemExit(f"{where} has no block '{name}'")
         text = pattern.sub(lambda m, b=body: m.group(1) + b + "\n" + m.group(2), text)
     return text
+
+
+def stale(root: Path = ROOT) -> list[Path]:
+    """The files whose generated blocks are out of date."""
+    return [f for f, gen in blocks(root).items()
+            if render((root / f).read_text(), gen, f) != (root / f).read_text()]
 
 
 def main() -> None:
@@ -131,16 +148,18 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--check", action="store_true")
     args = parser.parse_args()
-    text = README.read_text()
-    new = render(text, blocks())
+    out_of_date = stale()
     if args.check:
-        if new != text:
-            print("README.md is out of date: run `python -m tools.readme`", file=sys.stderr)
+        if out_of_date:
+            print(f"out of date: {', '.join(map(str, out_of_date))}: run "
+                  "`python -m tools.readme`", file=sys.stderr)
             sys.exit(1)
-        print("README.md is up to date")
-    elif new != text:
-        README.write_text(new)
-        print("README.md updated")
+        print("README.md and docs/models.md are up to date")
+        return
+    for f, gen in blocks().items():
+        if f in out_of_date:
+            (ROOT / f).write_text(render((ROOT / f).read_text(), gen, f))
+            print(f"{f} updated")
 
 
 if __name__ == "__main__":

@@ -12,5 +12,6 @@ CLASSES = (
     "Bag",
     "Ankle boot",
 )
+NUM_CLASSES = len(CLASSES)
 
-__all__ = ["CLASSES"]
+__all__ = ["CLASSES", "NUM_CLASSES"]

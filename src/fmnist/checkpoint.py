@@ -1,4 +1,4 @@
-"""A trained model on disk (``model.pt`` + ``meta.json``), and inference with it.
+"""A trained model on disk: ``model.pt`` + ``meta.json``, saved and loaded.
 
 ``model.pt`` is a plain state dict with every tensor on the CPU, loaded with
 ``weights_only=True`` (no pickled code runs); ``meta.json`` holds what rebuilds the
@@ -9,21 +9,15 @@ training stage's deps and params: no times, hosts or paths.
 from __future__ import annotations
 
 import json
-import pickle
-import zipfile
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from fmnist.common import UserError, first_line, write_json
-from fmnist.data import Split, Stats, eval_batches, save_torch
+from fmnist.common import UserError
+from fmnist.files import Unreadable, load_torch, save_torch, write_json
 from fmnist.models import build_model
-from fmnist.runtime import autocast
-
-UNREADABLE = (OSError, RuntimeError, EOFError, ValueError, KeyError, TypeError,
-              zipfile.BadZipFile, pickle.UnpicklingError)
 
 
 def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -54,10 +48,9 @@ def _read_meta(path: Path, fix: str) -> dict[str, Any]:
 
 def _read_weights(path: Path, fix: str) -> dict[str, torch.Tensor]:
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except UNREADABLE as exc:
-        raise UserError(f"{path} is unreadable or not plain weights "
-                        f"({first_line(exc, 120)}); {fix}") from None
+        state = load_torch(path)
+    except Unreadable as exc:
+        raise UserError(f"{path} is unreadable or not plain weights ({exc}); {fix}") from None
     if not isinstance(state, dict) or not all(isinstance(v, torch.Tensor)
                                               for v in state.values()):
         raise UserError(f"{path} holds a {type(state).__name__}, not a state dict; {fix}")
@@ -66,7 +59,7 @@ def _read_weights(path: Path, fix: str) -> dict[str, torch.Tensor]:
 
 def load_checkpoint(model_dir: str | Path, stage: str) -> tuple[nn.Module, dict[str, Any]]:
     """Rebuild a trained model from ``model_dir``; every failure is one line naming the
-    file and the fix."""
+    file and the fix (re-running or pulling ``stage``)."""
     model_dir = Path(model_dir)
     meta_path, weights = model_dir / "meta.json", model_dir / "model.pt"
     fix = f"re-run `dvc repro {stage}` (or `dvc pull {stage}`)"
@@ -84,29 +77,3 @@ def load_checkpoint(model_dir: str | Path, stage: str) -> tuple[nn.Module, dict[
         raise UserError(f"checkpoint {weights} does not fit model '{meta['model']}' with "
                         f"its params ({first}); {fix}") from None
     return model, meta
-
-
-@torch.no_grad()
-def predict_logits(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
-                   device: torch.device, amp: str = "none",
-                   hflip: bool = False) -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image of ``split``, in order. With
-    ``hflip``, the mean of the logits of each image and of its mirror image (the models
-    train with horizontal flips, so both are images they know)."""
-    model.eval()
-    out = []
-    for x, _ in eval_batches(split, batch_size, stats):
-        x = x.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x).float()
-            if hflip:
-                logits = (logits + model(x.flip(-1)).float()) / 2
-        out.append(logits.cpu())
-    return torch.cat(out) if out else torch.empty(0, 10)
-
-
-def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
-    if len(labels) == 0:
-        return float("nan"), float("nan")
-    loss = nn.functional.cross_entropy(logits, labels).item()
-    return loss, (logits.argmax(1) == labels).float().mean().item()

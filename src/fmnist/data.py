@@ -17,9 +17,13 @@ import numpy as np
 import torch
 
 from fmnist import CLASSES
-from fmnist.common import UserError, atomic_dir, atomic_path, write_json
+from fmnist.common import UserError, first_line
+from fmnist.files import Unreadable, atomic_dir, load_torch, save_torch, write_json
 
 SPLITS = ("train", "val", "test")
+STATS_FILE = "stats.json"
+# What a training run reads of the prepared store (and what its resume state must match)
+TRAINING_FILES = ("train.pt", "val.pt", STATS_FILE)
 
 
 @dataclass(frozen=True)
@@ -40,17 +44,6 @@ class Stats:
     std: float
 
 
-def save_torch(obj: Any, path: str | Path) -> None:
-    """``torch.save``, atomically, and the same bytes for the same tensors.
-
-    Saved to a path, torch names the archive's folder inside the zip after the file,
-    here a random temporary name: every run would then write a different file, and DVC
-    would see new data where nothing changed. Saved to an open file, it is "archive".
-    """
-    with atomic_path(path) as tmp, open(tmp, "wb") as f:
-        torch.save(obj, f)
-
-
 def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
     save_torch({"images": torch.from_numpy(np.ascontiguousarray(images, dtype=np.uint8)),
                 "labels": torch.from_numpy(np.ascontiguousarray(labels, dtype=np.int64))},
@@ -62,11 +55,14 @@ def load_split(prepared: str | Path, split: str) -> Split:
     if not path.exists():
         raise UserError(f"{path} not found: run `dvc repro preprocess` first")
     try:
-        obj = torch.load(path, weights_only=True)
+        obj = load_torch(path)
         split = Split(obj["images"], obj["labels"])
-    except Exception as exc:  # noqa: BLE001 - any unreadable file means the same to a user
-        raise UserError(f"{path} is unreadable ({type(exc).__name__}): run "
+    except (Unreadable, TypeError, KeyError, IndexError) as exc:
+        raise UserError(f"{path} is unreadable ({first_line(exc, 80)}): run "
                         "`dvc repro preprocess` (or `dvc pull preprocess`)") from None
+    if not isinstance(split.images, torch.Tensor) or not isinstance(split.labels, torch.Tensor):
+        raise UserError(f"{path} does not hold image and label tensors: run "
+                        "`dvc repro preprocess`")
     if split.images.dtype != torch.uint8 or split.images.shape[1:] != (28, 28) \
             or len(split.images) != len(split.labels):
         raise UserError(f"{path} does not hold 28x28 uint8 images with one label each: "
@@ -74,16 +70,24 @@ def load_split(prepared: str | Path, split: str) -> Split:
     return split
 
 
-def load_stats(prepared: str | Path) -> Stats:
-    path = Path(prepared) / "stats.json"
+def read_stats(prepared: str | Path) -> dict[str, Any]:
+    """``stats.json`` of the prepared store: the training split's pixel mean and std,
+    and the images per split."""
+    path = Path(prepared) / STATS_FILE
     if not path.exists():
         raise UserError(f"{path} not found: run `dvc repro preprocess` first")
     try:
-        d = json.loads(path.read_text())
-        return Stats(float(d["mean"]), float(d["std"]))
-    except (ValueError, KeyError, TypeError, UnicodeDecodeError) as exc:
+        d = json.loads(path.read_text(encoding="utf-8"))
+        return {"mean": float(d["mean"]), "std": float(d["std"]),
+                "counts": {k: int(v) for k, v in d["counts"].items()}}
+    except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is unreadable ({type(exc).__name__}): run "
                         "`dvc repro preprocess`") from None
+
+
+def load_stats(prepared: str | Path) -> Stats:
+    d = read_stats(prepared)
+    return Stats(d["mean"], d["std"])
 
 
 def write_prepared(out: Path, train: tuple[np.ndarray, np.ndarray],
@@ -100,7 +104,7 @@ def write_prepared(out: Path, train: tuple[np.ndarray, np.ndarray],
     with atomic_dir(out) as tmp:
         for name, (images, labels) in zip(SPLITS, (train, val, test), strict=True):
             save_split(tmp / f"{name}.pt", images, labels)
-        write_json(tmp / "stats.json", stats)
+        write_json(tmp / STATS_FILE, stats)
     return stats
 
 

@@ -24,7 +24,8 @@ from requests.adapters import HTTPAdapter
 from tqdm import tqdm
 from urllib3.util.retry import Retry
 
-from fmnist.common import UserError, atomic_dir
+from fmnist.common import UserError
+from fmnist.files import atomic_dir
 from fmnist.idx import GZIP_MAGIC
 from fmnist.params import RAW_FILES, DownloadParams
 

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import csv
 import io
-import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -23,13 +23,26 @@ from sklearn.metrics import (
 )
 
 from fmnist import CLASSES
-from fmnist.checkpoint import load_checkpoint, predict_logits
-from fmnist.common import write_json, write_text
-from fmnist.data import Split, Stats, load_split
+from fmnist.checkpoint import load_checkpoint
+from fmnist.data import Split, load_split, read_stats
+from fmnist.files import write_json, write_text
+from fmnist.inference import VIEWS, input_stats, predict_logits
+from fmnist.models import spec
 from fmnist.params import EvaluateParams
 from fmnist.runtime import resolve_device
 
 LABELS = list(range(len(CLASSES)))
+
+
+@dataclass(frozen=True)
+class ModelPaths:
+    """What ``evaluate`` reads and writes for one model: given in dvc.yaml's cmd."""
+
+    name: str
+    checkpoint: Path  # the model folder (input)
+    curves: Path      # its training curves (input, for the figure)
+    metrics: Path     # metrics JSON (output)
+    confusion: Path   # one row per test image, for DVC's confusion plot (output)
 
 
 def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
@@ -51,11 +64,9 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
 
 def probabilities(model: torch.nn.Module, split: Split, meta: dict[str, Any],
                   params: EvaluateParams, device: torch.device,
-                  hflip: bool = False) -> np.ndarray:
-    norm = meta.get("normalize")
-    stats = Stats(norm["mean"], norm["std"]) if norm else None
-    logits = predict_logits(model.to(device), split, stats, params.batch_size, device,
-                            hflip=hflip)
+                  view: str = "none") -> np.ndarray:
+    logits = predict_logits(model.to(device), split, input_stats(meta), params.batch_size,
+                            device, view=view)
     return torch.softmax(logits.double(), dim=1).numpy()
 
 
@@ -79,42 +90,38 @@ def last_validation(meta: dict[str, Any]) -> dict[str, float | None]:
     return out
 
 
-def write_figures(name: str, title: str, cm: np.ndarray, test: Split, probs: np.ndarray,
-                  params: EvaluateParams, out: Path) -> list[str]:
-    """The PNGs of one model; returns which were written (file names in figures/)."""
+def write_figures(m: ModelPaths, title: str, cm: np.ndarray, test: Split, probs: np.ndarray,
+                  params: EvaluateParams, fig_dir: Path) -> list[str]:
+    """The PNGs of one model; returns which were written (file names in ``fig_dir``)."""
     from fmnist import figures
 
-    fig_dir, written = out / "figures", [f"{name}_confusion.png"]
+    written = [f"{m.name}_confusion.png"]
     figures.confusion_heatmap(cm, f"{title}: confusion (test)", fig_dir / written[0])
     if params.misclassified:
-        written.append(f"{name}_misclassified.png")
+        written.append(f"{m.name}_misclassified.png")
         figures.misclassified_grid(test.images.numpy(), test.labels.numpy(), probs,
                                    params.misclassified, f"{title}: most confident mistakes",
                                    fig_dir / written[-1])
-    curves = out / "curves" / f"{name}.tsv"
-    if curves.exists() and figures.training_curves(curves, title,
-                                                   fig_dir / f"{name}_curves.png"):
-        written.append(f"{name}_curves.png")
+    if m.curves.exists() and figures.training_curves(m.curves, title,
+                                                     fig_dir / f"{m.name}_curves.png"):
+        written.append(f"{m.name}_curves.png")
     return written
 
 
-def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateParams,
-                   out: Path, device: torch.device) -> dict[str, Any]:
-    model, meta = load_checkpoint(model_dir, f"train-{name}")
-    train, test = load_split(prepared, "train"), load_split(prepared, "test")
-    train_probs = probabilities(model, train, meta, params, device)
-    # Both views of the test set, always: the headline is the one params.tta names
-    views = {view: probabilities(model, test, meta, params, device, hflip=view == "hflip")
-             for view in ("none", "hflip")}
-    test_probs = views[params.tta]
+def evaluate_model(m: ModelPaths, train: Split, test: Split, params: EvaluateParams,
+                   fig_dir: Path, device: torch.device) -> dict[str, Any]:
+    model, meta = load_checkpoint(m.checkpoint, spec(m.name).stage)
     y_train, y_test = train.labels.numpy(), test.labels.numpy()
-    train_scores = scores(y_train, train_probs)
-    test_scores = scores(y_test, test_probs)
+    train_scores = scores(y_train, probabilities(model, train, meta, params, device))
+    # Both views of the test set, always: the headline is the one params.tta names
+    views = {view: probabilities(model, test, meta, params, device, view) for view in VIEWS}
+    view_scores = {view: scores(y_test, probs) for view, probs in views.items()}
+    test_scores, test_probs = view_scores[params.tta], views[params.tta]
     pred = test_probs.argmax(1)
     cm = confusion_matrix(y_test, pred, labels=LABELS)
 
-    write_confusion_csv(out / "confusion" / f"{name}.csv", y_test, pred)
-    figures_written = write_figures(name, meta["title"], cm, test, test_probs, params, out)
+    write_confusion_csv(m.confusion, y_test, pred)
+    figures_written = write_figures(m, meta["title"], cm, test, test_probs, params, fig_dir)
     metrics = {
         "trainable_params": meta["trainable_params"],
         "epochs": meta["epochs"],
@@ -122,28 +129,21 @@ def evaluate_model(name: str, model_dir: Path, prepared: Path, params: EvaluateP
         "val": last_validation(meta),
         "test": test_scores,
         "test_views": {"headline": params.tta, **{
-            ("single" if view == "none" else view): {
-                "accuracy": float(accuracy_score(y_test, probs.argmax(1))),
-                "loss": float(log_loss(y_test, probs, labels=LABELS))}
-            for view, probs in views.items()}},
+            ("single" if view == "none" else view): {"accuracy": s["accuracy"],
+                                                     "loss": s["loss"]}
+            for view, s in view_scores.items()}},
     }
-    write_json(out / f"{name}.json", metrics)
-    return {"name": name, "meta": meta, "metrics": metrics, "confusion": cm.tolist(),
+    write_json(m.metrics, metrics)
+    return {"name": m.name, "meta": meta, "metrics": metrics, "confusion": cm.tolist(),
             "figures": figures_written}
 
 
-def split_counts(prepared: Path) -> dict[str, int]:
-    """Images per split, as preprocess wrote them (val 0: the final refit on all 60,000)."""
-    counts = json.loads((prepared / "stats.json").read_text()).get("counts", {})
-    return {k: int(v) for k, v in counts.items()}
-
-
-def evaluate(models: list[str], params: EvaluateParams, prepared: str | Path = "data/prepared",
-             models_dir: str | Path = "models", out: str | Path = "metrics") -> list[dict]:
+def evaluate(models: list[ModelPaths], params: EvaluateParams, prepared: Path,
+             fig_dir: Path, report: Path) -> list[dict]:
     from fmnist.report import write_report
 
-    out, prepared, models_dir = Path(out), Path(prepared), Path(models_dir)
     device = resolve_device(params.device)
-    results = [evaluate_model(m, models_dir / m, prepared, params, out, device) for m in models]
-    write_report(results, out / "report.md", split_counts(prepared))
+    train, test = load_split(prepared, "train"), load_split(prepared, "test")
+    results = [evaluate_model(m, train, test, params, fig_dir, device) for m in models]
+    write_report(results, report, read_stats(prepared)["counts"], fig_dir)
     return results

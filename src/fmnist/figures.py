@@ -13,7 +13,7 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 from fmnist import CLASSES  # noqa: E402
-from fmnist.common import atomic_path  # noqa: E402
+from fmnist.files import atomic_path  # noqa: E402
 
 
 def _save(fig, path: Path) -> None:

@@ -1,4 +1,4 @@
-"""The raw IDX files: reading (every malformation named), writing, content hashes.
+"""The raw IDX files: reading (every malformation named) and writing.
 
 The IDX reader is our own so that every way a file can be malformed gives an error that
 names the file.
@@ -12,8 +12,9 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist import CLASSES
-from fmnist.common import UserError, atomic_path
+from fmnist import NUM_CLASSES
+from fmnist.common import UserError
+from fmnist.files import atomic_path
 
 # IDX type code -> big-endian numpy dtype
 IDX_DTYPES = {
@@ -41,11 +42,6 @@ def read_bytes(path: Path) -> bytes:
         except (OSError, EOFError) as exc:
             raise IdxError(f"{path}: corrupt gzip stream ({exc})") from None
     return raw
-
-
-def sha256_content(path: Path) -> str:
-    """SHA-256 of the decompressed bytes: the same for any faithful mirror of a file."""
-    return hashlib.sha256(read_bytes(path)).hexdigest()
 
 
 def parse_idx(buf: bytes, name: str) -> np.ndarray:
@@ -83,21 +79,20 @@ def read_idx(path: str | Path) -> np.ndarray:
     return parse_idx(buf, str(path))
 
 
-def write_idx(path: str | Path, array: np.ndarray, compress: bool | None = None) -> None:
-    """Write ``array`` as an IDX file (gzip-compressed when the name ends in .gz)."""
+def write_idx(path: str | Path, array: np.ndarray) -> str:
+    """Write ``array`` as an IDX file (gzip-compressed when the name ends in .gz); return
+    the SHA-256 of its content, as ``download.sha256`` in params.yaml states it (of the
+    decompressed bytes: the same for any faithful mirror of the file)."""
     path = Path(path)
     native = array.dtype.newbyteorder("=")
     if native not in IDX_CODES:
         raise ValueError(f"dtype {array.dtype} has no IDX type code")
     code = IDX_CODES[native]
     header = bytes([0, 0, code, array.ndim]) + np.asarray(array.shape, dtype=">u4").tobytes()
-    payload = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
-    if compress is None:
-        compress = path.suffix == ".gz"
-    if compress:
-        payload = gzip.compress(payload, mtime=0)
+    content = header + np.ascontiguousarray(array, dtype=IDX_DTYPES[code]).tobytes()
     with atomic_path(path) as tmp:
-        tmp.write_bytes(payload)
+        tmp.write_bytes(gzip.compress(content, mtime=0) if path.suffix == ".gz" else content)
+    return hashlib.sha256(content).hexdigest()
 
 
 def load_raw_split(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
@@ -113,8 +108,8 @@ def load_raw_split(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     if len(images) != len(labels):
         raise IdxError(f"{lbl_path}: {len(labels)} labels for {len(images)} images in "
                        f"{img_path.name}")
-    if len(labels) and labels.max() >= len(CLASSES):
-        bad = int(np.argmax(labels >= len(CLASSES)))
+    if len(labels) and labels.max() >= NUM_CLASSES:
+        bad = int(np.argmax(labels >= NUM_CLASSES))
         raise IdxError(f"{lbl_path}: label {labels[bad]} at index {bad} is outside "
-                       f"0..{len(CLASSES) - 1}")
+                       f"0..{NUM_CLASSES - 1}")
     return images, labels

@@ -1,4 +1,9 @@
-"""LeNet-5, the scaled-down AlexNet, their layers, and the name -> model registry."""
+"""The models: LeNet-5 and the scaled-down AlexNet, their layers, each one's ``arch``
+schema beside it, and the registry (``MODELS``) that everything else iterates over.
+
+Adding a model is one ``Spec`` in ``MODELS`` below, its ``train_NAME`` section in
+``params.yaml`` and its ``train-NAME`` stage in ``dvc.yaml``.
+"""
 
 from __future__ import annotations
 
@@ -8,12 +13,13 @@ from pathlib import Path
 from typing import Any
 
 import torch
+from pydantic import Field, field_validator
 from torch import nn
 
+from fmnist import NUM_CLASSES
 from fmnist.common import UserError
-from fmnist.params import AlexNetArch, LeNetArch, Strict, validate
+from fmnist.params import PARAMS_FILE, Strict, TrainParams, load_section, validate
 
-NUM_CLASSES = 10
 INPUT_SHAPE = (1, 28, 28)
 
 
@@ -155,6 +161,10 @@ class ReLUMaxPool(nn.Module):
 # ---------------------------------------------------------------- the models
 
 
+class LeNetArch(Strict):
+    """LeNet-5 as in the write-up has nothing to tune: its 44,426 parameters are fixed."""
+
+
 class LeNet5(nn.Module):
     def __init__(self, arch: LeNetArch | None = None):
         super().__init__()
@@ -173,6 +183,21 @@ class LeNet5(nn.Module):
         return self.classifier(self.features(x))
 
 
+class AlexNetArch(Strict):
+    channels: list[int] = Field(min_length=3, max_length=16)
+    fc: int = Field(ge=1, le=65536)
+    dropout: float = Field(ge=0, lt=1)
+    lrn: bool
+    lrn_size: int = Field(ge=1, le=64)
+
+    @field_validator("channels")
+    @classmethod
+    def _positive(cls, v: list[int]) -> list[int]:
+        if any(not 1 <= c <= 4096 for c in v):
+            raise ValueError("every channel width must be between 1 and 4096")
+        return v
+
+
 class AlexNetSmall(nn.Module):
     """(CNN -> RN -> MP)^2 -> (CNN^k -> MP) -> (FC -> DO)^2 -> Linear, for 28x28x1 input.
 
@@ -181,9 +206,9 @@ class AlexNetSmall(nn.Module):
     the original code's variant has two). Each max-pool halves: 28 -> 14 -> 7 -> 3.
     """
 
-    def __init__(self, arch: AlexNetArch | None = None):
+    def __init__(self, arch: AlexNetArch):
         super().__init__()
-        a = arch or AlexNetArch()
+        a = arch
         c = a.channels
 
         def norm() -> list[nn.Module]:
@@ -213,31 +238,52 @@ class AlexNetSmall(nn.Module):
 
 @dataclass(frozen=True)
 class Spec:
+    """One model: its name, title, arch schema and builder. Its params section
+    (``train_NAME``), stage (``train-NAME``) and params type follow from the name."""
+
+    name: str
+    title: str
     arch: type[Strict]
     build: Callable[[Any], nn.Module]
-    title: str
+
+    @property
+    def section(self) -> str:
+        return f"train_{self.name}"
+
+    @property
+    def stage(self) -> str:
+        return f"train-{self.name}"
+
+    @property
+    def params(self) -> type[TrainParams]:
+        return TrainParams[self.arch]
+
+    def load_params(self, path: str | Path = PARAMS_FILE) -> TrainParams:
+        """The ``train_NAME`` section of ``path``, validated, its ``arch`` typed."""
+        return load_section(self.section, self.params, path)
 
 
-REGISTRY: dict[str, Spec] = {
-    "lenet": Spec(LeNetArch, LeNet5, "LeNet-5"),
-    "alexnet": Spec(AlexNetArch, AlexNetSmall, "Scaled-down AlexNet"),
-}
+MODELS: dict[str, Spec] = {s.name: s for s in (
+    Spec("lenet", "LeNet-5", LeNetArch, LeNet5),
+    Spec("alexnet", "Scaled-down AlexNet", AlexNetArch, AlexNetSmall),
+)}
 
 
 def spec(name: str) -> Spec:
     try:
-        return REGISTRY[name]
+        return MODELS[name]
     except KeyError:
-        raise UserError(f"unknown model {name!r} (known: {', '.join(REGISTRY)})") from None
+        raise UserError(f"unknown model {name!r} (known: {', '.join(MODELS)}; their "
+                        f"stages: {', '.join(s.stage for s in MODELS.values())})") from None
 
 
 def build_model(name: str, arch: Strict | dict[str, Any] | None = None,
-                where: str | None = None, source: str | Path = "params.yaml") -> nn.Module:
+                where: str | None = None, source: str | Path = PARAMS_FILE) -> nn.Module:
     """Build model ``name`` from its ``arch`` (a typed arch, or a dict that is validated:
     errors name the file ``source`` and the key ``where``)."""
     s = spec(name)
     if not isinstance(arch, s.arch):
-        arch = validate(s.arch, arch or {}, where or f"{name}.arch", source)
+        arch = validate(s.arch, arch or {}, where or f"{s.section}.arch", source)
     return s.build(arch)
 
 

@@ -10,11 +10,11 @@ from sklearn.model_selection import train_test_split
 from fmnist.common import UserError
 from fmnist.data import write_prepared
 from fmnist.idx import load_raw_split
-from fmnist.params import PreprocessParams
+from fmnist.params import PARAMS_FILE, PreprocessParams
 
 
 def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed: int,
-                     source: str | Path = "params.yaml") -> tuple[
+                     source: str | Path = PARAMS_FILE) -> tuple[
                          tuple[np.ndarray, np.ndarray], tuple[np.ndarray, np.ndarray]]:
     """Hold out a seeded, class-stratified validation set of ``val_size`` images; both
     sides keep at least one image of every class."""
@@ -39,7 +39,7 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed
 
 
 def preprocess(params: PreprocessParams, raw_dir: str | Path, out_dir: str | Path,
-               source: str | Path = "params.yaml") -> dict:
+               source: str | Path = PARAMS_FILE) -> dict:
     raw_dir, out_dir = Path(raw_dir), Path(out_dir)
     train_images, train_labels = load_raw_split(raw_dir, "train")
     test = load_raw_split(raw_dir, "t10k")

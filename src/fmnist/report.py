@@ -2,11 +2,13 @@
 
 from __future__ import annotations
 
+import os
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 from fmnist import CLASSES
-from fmnist.common import write_text
+from fmnist.files import write_text
 
 
 def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
@@ -42,14 +44,26 @@ def hyperparameters(p: dict[str, Any]) -> list[list[str]]:
     return rows
 
 
-def results_rows(m: dict[str, Any]) -> list[list[str]]:
-    return [
-        ["Trainable Parameters", f"{m['trainable_params']:,}"],
-        ["Training Loss", f"{m['train']['loss']:.4f}"],
-        ["Training Accuracy", f"{m['train']['accuracy']:.4f}"],
-        ["Test Loss", f"{m['test']['loss']:.4f}"],
-        ["Test Accuracy", f"{m['test']['accuracy']:.4f}"],
-    ]
+Row = tuple[str, Callable[[dict[str, Any]], str]]
+
+# The write-up's results table: the same rows per model and side by side
+RESULTS_ROWS: tuple[Row, ...] = (
+    ("Trainable Parameters", lambda m: f"{m['trainable_params']:,}"),
+    ("Training Loss", lambda m: f"{m['train']['loss']:.4f}"),
+    ("Training Accuracy", lambda m: f"{m['train']['accuracy']:.4f}"),
+    ("Test Loss", lambda m: f"{m['test']['loss']:.4f}"),
+    ("Test Accuracy", lambda m: f"{m['test']['accuracy']:.4f}"),
+)
+COMPARISON_ROWS: tuple[Row, ...] = (
+    *RESULTS_ROWS,
+    ("Test macro F1", lambda m: f"{m['test']['macro_f1']:.4f}"),
+    ("Test top-2 accuracy", lambda m: f"{m['test']['top2_accuracy']:.4f}"),
+    ("Epochs", lambda m: str(m["epochs"])),
+)
+
+
+def rows(spec: tuple[Row, ...], ms: list[dict[str, Any]]) -> list[list[str]]:
+    return [[label, *(fmt(m) for m in ms)] for label, fmt in spec]
 
 
 def views_note(m: dict[str, Any]) -> list[str]:
@@ -79,45 +93,37 @@ FIGURE_CAPTIONS = {"confusion": "confusion matrix", "curves": "training curves",
                    "misclassified": "most confident mistakes"}
 
 
-def figure_links(name: str, written: list[str]) -> list[str]:
-    """Links to the figures that were written, and to no other."""
+def figure_links(name: str, written: list[str], folder: str = "figures") -> list[str]:
+    """Links to the figures that were written, and to no other; ``folder`` is where
+    they are, relative to the report."""
     links = []
     for kind, caption in FIGURE_CAPTIONS.items():
         fname = f"{name}_{kind}.png"
         if fname in written:
-            links.append(f"![{caption}](figures/{fname})")
+            links.append(f"![{caption}]({folder}/{fname})")
     return [" ".join(links)] if links else []
 
 
-def render(results: list[dict[str, Any]], counts: dict[str, int] | None = None) -> str:
+def render(results: list[dict[str, Any]], counts: dict[str, int] | None = None,
+           figures: str = "figures") -> str:
     out = ["# Fashion-MNIST results", "",
            "Written by the `evaluate` stage from the checkpoints and params of this commit; "
-           "compare commits with `dvc metrics diff`. Training times are in "
-           "`metrics/timings/` (they are not results: `dvc metrics show` lists them).",
+           "compare commits with `dvc metrics diff`. Training times are in the timings "
+           "metrics (they are not results: `dvc metrics show` lists them).",
            "", *data_note(counts)]
     for r in results:
         m, meta, name = r["metrics"], r["meta"], r["name"]
         out += [f"## {meta['title']}", "", "### Hyperparameters", ""]
         out += _table(["Hyperparameter", "Value"], hyperparameters(meta["params"]), "ll")
         out += ["", "### Results", ""]
-        out += _table(["Metric", "Value"], results_rows(m))
+        out += _table(["Metric", "Value"], rows(RESULTS_ROWS, [m]))
         out += ["", *views_note(m)]
-        out += ["", *figure_links(name, r.get("figures", [])), ""]
+        out += ["", *figure_links(name, r.get("figures", []), figures), ""]
 
     titles = [r["meta"]["title"] for r in results]
     ms = [r["metrics"] for r in results]
     out += ["## Side by side", ""]
-    rows = [[label, *(fmt(m) for m in ms)] for label, fmt in (
-        ("Trainable Parameters", lambda m: f"{m['trainable_params']:,}"),
-        ("Training Loss", lambda m: f"{m['train']['loss']:.4f}"),
-        ("Training Accuracy", lambda m: f"{m['train']['accuracy']:.4f}"),
-        ("Test Loss", lambda m: f"{m['test']['loss']:.4f}"),
-        ("Test Accuracy", lambda m: f"{m['test']['accuracy']:.4f}"),
-        ("Test macro F1", lambda m: f"{m['test']['macro_f1']:.4f}"),
-        ("Test top-2 accuracy", lambda m: f"{m['test']['top2_accuracy']:.4f}"),
-        ("Epochs", lambda m: str(m["epochs"])),
-    )]
-    out += _table(["", *titles], rows)
+    out += _table(["", *titles], rows(COMPARISON_ROWS, ms))
     out += ["", "## Per-class F1 (test)", ""]
     out += _table(["Class", *titles],
                   [[c, *(f"{m['test']['per_class'][c]['f1']:.3f}" for m in ms)]
@@ -125,6 +131,7 @@ def render(results: list[dict[str, Any]], counts: dict[str, int] | None = None) 
     return "\n".join(out) + "\n"
 
 
-def write_report(results: list[dict[str, Any]], path: Path,
-                 counts: dict[str, int] | None = None) -> None:
-    write_text(path, render(results, counts))
+def write_report(results: list[dict[str, Any]], path: Path, counts: dict[str, int],
+                 fig_dir: Path) -> None:
+    folder = Path(os.path.relpath(fig_dir, path.parent)).as_posix()
+    write_text(path, render(results, counts, folder))

@@ -17,17 +17,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
 import torch.distributed as dist
 
-from fmnist.checkpoint import UNREADABLE
-from fmnist.common import first_line
-from fmnist.data import save_torch
+from fmnist import closure
+from fmnist.data import TRAINING_FILES
+from fmnist.files import Unreadable, load_torch, save_torch
 from fmnist.params import TrainParams
 from fmnist.runtime import Runtime
 
-# The package files whose code decides a training run's numbers.
-CODE_FILES = ("batching.py", "data.py", "models.py", "seeds.py", "train.py")
+# The module whose import closure is the code that decides a training run's numbers
+TRAINING_CODE = "fmnist.train"
 STATE_KEYS = ("fingerprint", "epoch", "model", "optimizer", "scheduler", "scaler",
               "history", "elapsed", "step_seconds")
 
@@ -42,35 +41,24 @@ class Progress:
     step_seconds: float = 0.0  # seconds in training steps only
 
 
-def _sha256_files(paths: list[Path]) -> str:
-    h = hashlib.sha256()
-    for p in paths:
-        h.update(p.name.encode())
-        with open(p, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-    return h.hexdigest()
-
-
 def fingerprint(name: str, params: TrainParams, prepared: Path) -> dict[str, str]:
     """What a saved state must match to be resumed: params, code and data. Where the
     processes meet (address, port, node rank) is not in it: it changes no result."""
-    pkg = Path(__file__).parent
+    src = closure.SRC
     return {
         "params": hashlib.sha256(json.dumps({"model": name, **params.model_dump()},
                                             sort_keys=True).encode()).hexdigest(),
-        "code": _sha256_files([pkg / f for f in CODE_FILES]),
-        "data": _sha256_files([prepared / f for f in ("train.pt", "val.pt", "stats.json")]),
+        "code": closure.files_digest(closure.module_closure(TRAINING_CODE, src), src),
+        "data": closure.files_digest([prepared / f for f in TRAINING_FILES], prepared),
     }
 
 
 def _read(path: Path, fp: dict[str, str], name: str) -> tuple[dict | None, str | None]:
     """The saved state if it can be resumed, else None and the reason (one line)."""
     try:
-        state = torch.load(path, weights_only=True, map_location="cpu")
-    except UNREADABLE as exc:
-        return None, (f"{name}: saved state {path} is unreadable ({first_line(exc)}); "
-                      "training from scratch")
+        state = load_torch(path)
+    except Unreadable as exc:
+        return None, f"{name}: saved state {path} is unreadable ({exc}); training from scratch"
     if not isinstance(state, dict) or any(k not in state for k in STATE_KEYS) \
             or not isinstance(state["fingerprint"], dict):
         return None, f"{name}: {path} is not a resume state; training from scratch"

@@ -1,4 +1,5 @@
-"""Where and how a run executes: device, threads, determinism, allocator, process group.
+"""Where and how a run executes: device, threads, determinism, allocator, process group,
+and the launch under torchrun when params ask for more than one process.
 
 Nothing here changes what a model computes, only where and how fast; ``environment()``
 records the facts that can still make two machines' bits differ.
@@ -10,14 +11,22 @@ import contextlib
 import ctypes
 import os
 import platform
+import subprocess
 import sys
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
 from fmnist.common import UserError
+from fmnist.params import RuntimeParams, TrainParams
+
+# The CPU flags of native bf16 arithmetic (AVX512-BF16, AMX), where bf16 matmuls run at
+# 2-4x fp32; elsewhere torch emulates bf16, slower than fp32 and with other rounding.
+NATIVE_BF16_FLAGS = ("avx512_bf16", "amx_bf16")
 
 
 @dataclass(frozen=True)
@@ -25,7 +34,6 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
-    local_rank: int = 0
 
     @property
     def main(self) -> bool:
@@ -52,13 +60,39 @@ def resolve_device(requested: str, local_rank: int = 0) -> torch.device:
     return torch.device(requested)
 
 
-def check_launch(device: str, backend: str) -> None:
-    """What every rank would fail on, checked once before torchrun starts any: the
-    device must exist, and nccl needs CUDA."""
-    dev = resolve_device(device)
-    if backend == "nccl" and dev.type != "cuda":
-        raise UserError(f"distributed.backend 'nccl' needs a CUDA device, and device "
-                        f"'{device}' is not one here; use 'gloo' or 'auto'")
+def check_device(params: TrainParams, device: torch.device, where: str) -> None:
+    """What needs CUDA (the nccl backend, fp16), checked once against the device a run
+    gets, so ``device: auto`` on a machine without CUDA is caught too. ``where`` names
+    the section: ``params.yaml: train_lenet``."""
+    if device.type == "cuda":
+        return
+    asked = f"device '{params.device}' is {device.type} here"
+    if params.distributed.world > 1 and params.distributed.backend == "nccl":
+        raise UserError(f"{where}.distributed.backend: 'nccl' needs a CUDA device, and "
+                        f"{asked}; use 'gloo' or 'auto'")
+    if params.amp == "fp16":
+        raise UserError(f"{where}.amp: 'fp16' needs a CUDA device, and {asked}; use "
+                        "'bf16' or 'none'")
+
+
+def relaunch_under_torchrun(params: TrainParams, runtime: RuntimeParams, where: str,
+                            inputs: Iterable[Path]) -> int | None:
+    """Where params ask for more than one process and this is not one of them yet: run
+    this same command under torchrun (PyTorch's launcher) and return its exit code.
+    None: run here. What every rank would fail on (the device, the inputs it reads
+    first) is checked before any process starts."""
+    d = params.distributed
+    if d.world == 1 or "LOCAL_RANK" in os.environ:
+        return None
+    check_device(params, resolve_device(params.device), where)
+    for path in inputs:
+        if not Path(path).exists():
+            raise UserError(f"{path} not found: run `dvc repro preprocess` first")
+    cmd = [sys.executable, "-m", "torch.distributed.run",
+           f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
+           f"--node_rank={runtime.node_rank}", f"--master_addr={runtime.master_addr}",
+           f"--master_port={runtime.master_port}", *sys.argv]
+    return subprocess.call(cmd)
 
 
 # mallopt(3) parameter numbers, from glibc's <malloc.h>
@@ -91,11 +125,12 @@ def keep_freed_memory() -> bool:
         (_M_TOP_PAD, 64 << 20)))
 
 
-def setup_runtime(device: str, threads: int, backend: str = "auto") -> Runtime:
-    """Pin threads, make kernels deterministic, join the process group under torchrun."""
+def setup_runtime(params: TrainParams, where: str = "train") -> Runtime:
+    """Pin threads, make kernels deterministic, check what needs CUDA, and join the
+    process group under torchrun."""
     keep_freed_memory()
-    if threads:
-        torch.set_num_threads(threads)
+    if params.threads:
+        torch.set_num_threads(params.threads)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     # Deterministic mode also fills every new tensor with NaN, a guard against kernels
@@ -106,14 +141,16 @@ def setup_runtime(device: str, threads: int, backend: str = "auto") -> Runtime:
     world = int(os.environ.get("WORLD_SIZE", "1"))
     rank = int(os.environ.get("RANK", "0"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(device, local_rank)
+    dev = resolve_device(params.device, local_rank)
+    check_device(params, dev, where)
+    backend = params.distributed.backend
     if world > 1 and not dist.is_initialized():
         if backend == "auto":
             backend = "nccl" if dev.type == "cuda" else "gloo"
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return Runtime(dev, rank, world, local_rank)
+    return Runtime(dev, rank, world)
 
 
 def teardown_runtime() -> None:
@@ -121,10 +158,19 @@ def teardown_runtime() -> None:
         dist.destroy_process_group()
 
 
+@contextlib.contextmanager
+def running(params: TrainParams, where: str) -> Iterator[Runtime]:
+    """``setup_runtime`` and, whatever happens, ``teardown_runtime``."""
+    rt = setup_runtime(params, where)
+    try:
+        yield rt
+    finally:
+        teardown_runtime()
+
+
 def native_bf16() -> bool:
-    """Whether this CPU computes in bf16 natively (AVX512-BF16 or AMX), where bf16 matmuls
-    run at 2-4x fp32; elsewhere torch emulates it, slower than fp32."""
-    return any(f in cpu_flags() for f in ("avx512_bf16", "amx_bf16"))
+    """Whether this CPU computes in bf16 natively (see ``NATIVE_BF16_FLAGS``)."""
+    return any(f in cpu_flags() for f in NATIVE_BF16_FLAGS)
 
 
 def resolve_amp(amp: str, device: torch.device) -> str:

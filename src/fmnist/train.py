@@ -1,7 +1,7 @@
 """The training loop: one model, one params section, from scratch or resumed.
 
-Run plainly it is a single process; under ``torchrun`` (which ``stages/train.py``
-launches itself when params ask for more than one process) every rank trains on a
+Run plainly it is a single process; under ``torchrun`` (which the stage launches
+itself when params ask for more than one process) every rank trains on a
 disjoint shard of each epoch inside DistributedDataParallel, and only rank 0 writes.
 ``train()`` reads top to bottom: set up, resume or start, then per epoch train,
 validate and save the resume state, and at the end write the results.
@@ -22,13 +22,15 @@ from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
 from tqdm import tqdm
 
 from fmnist.batching import epoch_order, train_batches
-from fmnist.checkpoint import loss_and_accuracy, predict_logits, save_model
-from fmnist.common import UserError, first_line, write_json, write_text
+from fmnist.checkpoint import save_model
+from fmnist.common import UserError, first_line
 from fmnist.data import Split, Stats, load_split, load_stats
+from fmnist.files import write_json, write_text
+from fmnist.inference import loss_and_accuracy, predict_logits
 from fmnist.models import count_parameters, spec
 from fmnist.params import TrainParams
 from fmnist.resume import Progress, fingerprint, load_state, progress_of, save_state
-from fmnist.runtime import Runtime, autocast, environment, resolve_amp, setup_runtime
+from fmnist.runtime import Runtime, autocast, environment, resolve_amp
 from fmnist.seeds import derive_seed
 
 CURVE_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accuracy", "lr")
@@ -36,18 +38,13 @@ CURVE_FIELDS = ("epoch", "train_loss", "train_accuracy", "val_loss", "val_accura
 
 @dataclass(frozen=True)
 class RunPaths:
-    """Where a training run reads and writes."""
+    """Where a training run reads and writes: given on the command line in dvc.yaml."""
 
     prepared: Path            # the prepared data (input)
     out_dir: Path             # model.pt + meta.json (the stage's cached output)
     curves: Path              # per-epoch curves (plot data, cached by DVC)
-    state: Path               # resume state (per machine, never shared)
+    state: Path               # resume state file (per machine, never shared)
     timings: Path | None = None  # wall times and the environment (a git-tracked metric)
-
-    @classmethod
-    def for_stage(cls, name: str, prepared: str | Path = "data/prepared") -> RunPaths:
-        return cls(Path(prepared), Path(f"models/{name}"), Path(f"metrics/curves/{name}.tsv"),
-                   Path(f"state/{name}/last.pt"), Path(f"metrics/timings/{name}.json"))
 
 
 class NonFiniteLoss(UserError):
@@ -324,15 +321,11 @@ def timings(data: Data, params: TrainParams, rt: Runtime, progress: Progress) ->
 # ---------------------------------------------------------------- the run
 
 
-def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime | None = None,
+def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
           resume: bool = True) -> dict[str, Any]:
     """Train model ``name``; write model.pt, meta.json and the curves; return the meta."""
-    rt = rt or setup_runtime(params.device, params.threads, params.distributed.backend)
     # From here on params.amp is the precision that runs (meta.json records it)
     params = params.model_copy(update={"amp": resolve_amp(params.amp, rt.device)})
-    if params.amp == "fp16" and rt.device.type != "cuda":
-        raise UserError(f"train_{name}.amp: 'fp16' needs a CUDA device; use 'bf16' or "
-                        "'none' on this machine")
     data = load_data(paths.prepared, params, rt)
     trainer, progress, fp = resume_or_start(name, params, data, paths, rt, resume)
     if rt.distributed:

@@ -1,32 +1,31 @@
-"""`make reproduce`: re-run the committed training from scratch and compare it bit for bit.
+"""`fmnist reproduce` (`make reproduce`): re-run the committed training from scratch and
+compare it bit for bit.
 
-    python -m tools.reproduce                                   # the LeNet
-    python -m tools.reproduce --stages train-lenet train-alexnet
+    fmnist reproduce                                   # the LeNet
+    fmnist reproduce --stages train-lenet train-alexnet
 
 Clones the repository's HEAD into a temporary folder, runs the chosen training stages
 there with `dvc repro` (and `download` and `preprocess` before them), from nothing, and
 compares every output's hash with the committed dvc.lock. Prints `reproduced` per stage,
 or what differs: the outputs, and the environment that the committed run recorded in
-metrics/timings/NAME.json (torch, CPU model and ISA flags, threads, device) against the
-one here. Exit code 1 on any mismatch.
+its timings file (torch, CPU model and ISA flags, threads, device) against the one
+here. Exit code 1 on any mismatch.
 """
 
 from __future__ import annotations
 
-import argparse
 import json
-import shutil
+import os
+import shlex
 import subprocess
-import sys
-import tempfile
 import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
-from tools import ROOT
-from tools.smoke import repo_env, run
+from fmnist.common import UserError
+from fmnist.runtime import NATIVE_BF16_FLAGS
 
 UPSTREAM = ("download", "preprocess")
 
@@ -48,11 +47,18 @@ def environment_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]
             for k in keys if before.get(k) != after.get(k)]
 
 
-def explain(clone: Path, stage: str, committed_timings: str | None) -> list[str]:
-    name = stage.removeprefix("train-")
-    if not stage.startswith("train-"):
+def timings_path(lock: dict[str, Any], stage: str) -> str | None:
+    """Where a training stage records its timings: its cmd's ``--timings`` (dvc.yaml is
+    the one place paths live; dvc.lock repeats the cmd)."""
+    words = shlex.split(lock["stages"].get(stage, {}).get("cmd", ""))
+    return words[words.index("--timings") + 1] if "--timings" in words[:-1] else None
+
+
+def explain(clone: Path, stage: str, timings: str | None,
+            committed_timings: str | None) -> list[str]:
+    if timings is None:
         return []
-    here = clone / "metrics" / "timings" / f"{name}.json"
+    here = clone / timings
     then = json.loads(committed_timings) if committed_timings else {}
     now = json.loads(here.read_text()) if here.exists() else {}
     before, after = then.get("environment", {}), now.get("environment", {})
@@ -62,7 +68,7 @@ def explain(clone: Path, stage: str, committed_timings: str | None) -> list[str]
     if then.get("precision") != now.get("precision"):
         lines.append(f"precision: the committed run trained in {then.get('precision')}, "
                      f"this one in {now.get('precision')}")
-    native = {"avx512_bf16", "amx_bf16"}
+    native = set(NATIVE_BF16_FLAGS)
     if then.get("precision") == "bf16" and native & set(before.get("cpu_flags", [])) \
             and not native & set(after.get("cpu_flags", [])):
         lines.append("the committed run trained in bf16 on a CPU with native bf16 "
@@ -75,17 +81,24 @@ def explain(clone: Path, stage: str, committed_timings: str | None) -> list[str]
 def reproduce(repo: Path, stages: list[str], workdir: Path) -> bool:
     lock_text = committed(repo, "dvc.lock")
     if lock_text is None:
-        raise SystemExit("no committed dvc.lock in HEAD: nothing to reproduce")
+        raise UserError(f"no committed dvc.lock in {repo}'s HEAD: nothing to reproduce")
     lock = yaml.safe_load(lock_text)
+    unknown = [s for s in stages if s not in lock.get("stages", {})]
+    if unknown:
+        raise UserError(f"no stage {unknown[0]!r} in the committed dvc.lock (there: "
+                        f"{', '.join(lock.get('stages', {}))})")
     clone = workdir / "clone"
-    (workdir / "home").mkdir(parents=True, exist_ok=True)
-    env = repo_env(workdir / "home", src=clone / "src")
-    run(["git", "clone", "-q", str(repo), str(clone)], workdir, env)
+    # the clone's stages run the clone's code (HEAD), not this working tree's
+    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
+           "PYTHONPATH": os.pathsep.join(filter(None, [str(clone / "src"),
+                                                       os.environ.get("PYTHONPATH")]))}
+    workdir.mkdir(parents=True, exist_ok=True)
+    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], env=env, check=True)
     print(f"re-running {', '.join(stages)} from scratch in {clone} ...", flush=True)
     t0 = time.perf_counter()
     proc = subprocess.run(["dvc", "repro", *stages], cwd=clone, env=env, text=True)
     if proc.returncode != 0:
-        raise SystemExit(f"`dvc repro {' '.join(stages)}` failed in the clone")
+        raise UserError(f"`dvc repro {' '.join(stages)}` failed in the clone {clone}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     new = yaml.safe_load((clone / "dvc.lock").read_text())
     ok = True
@@ -99,27 +112,8 @@ def reproduce(repo: Path, stages: list[str], workdir: Path) -> bool:
         for path in sorted(set(want) | set(got)):
             if want.get(path) != got.get(path):
                 print(f"  {path}: committed {want.get(path)}, here {got.get(path)}")
-        name = stage.removeprefix("train-")
-        for line in explain(clone, stage, committed(repo, f"metrics/timings/{name}.json")):
+        timings = timings_path(lock, stage)
+        for line in explain(clone, stage, timings,
+                            committed(repo, timings) if timings else None):
             print(f"  {line}")
     return ok
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__,
-                                     formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--stages", nargs="+", default=["train-lenet"])
-    parser.add_argument("--repo", type=Path, default=ROOT)
-    parser.add_argument("--keep", type=Path, help="work in this folder and keep it")
-    args = parser.parse_args()
-    if args.keep:
-        shutil.rmtree(args.keep, ignore_errors=True)
-        ok = reproduce(args.repo.resolve(), args.stages, args.keep)
-    else:
-        with tempfile.TemporaryDirectory(prefix="fmnist-reproduce-") as tmp:
-            ok = reproduce(args.repo.resolve(), args.stages, Path(tmp))
-    sys.exit(0 if ok else 1)
-
-
-if __name__ == "__main__":
-    main()

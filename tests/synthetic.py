@@ -1,19 +1,17 @@
 """Small synthetic Fashion-MNIST look-alikes: IDX files with a learnable class structure.
 
-Tests, the CI smoke run and the benchmark's scratch runs use these instead of the real
-data, so they need no network and no data package. Each class is a fixed random pattern
+The tests use these instead of the real data, so they need no network and no data
+package. Each class is a fixed random pattern
 plus per-image noise and a random shift, so a model can learn it but not in one step.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
 from pathlib import Path
 
 import numpy as np
 
-from fmnist.idx import sha256_content, write_idx
+from fmnist.idx import write_idx
 from fmnist.params import RAW_FILES
 
 
@@ -35,20 +33,5 @@ def write_dataset(out: str | Path, n_train: int = 600, n_test: int = 200,
     out = Path(out)
     train, test = make_split(n_train, seed), make_split(n_test, seed + 1)
     arrays = (train[0], train[1], test[0], test[1])
-    for name, arr in zip(RAW_FILES, arrays, strict=True):
-        write_idx(out / name, arr)
-    return {name: sha256_content(out / name) for name in RAW_FILES}
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("out")
-    parser.add_argument("--train", type=int, default=600)
-    parser.add_argument("--test", type=int, default=200)
-    parser.add_argument("--seed", type=int, default=0)
-    args = parser.parse_args()
-    print(json.dumps(write_dataset(args.out, args.train, args.test, args.seed), indent=2))
-
-
-if __name__ == "__main__":
-    main()
+    return {name: write_idx(out / name, arr)
+            for name, arr in zip(RAW_FILES, arrays, strict=True)}

@@ -1,43 +1,26 @@
-"""Run the whole pipeline on tiny synthetic data in a temporary copy of the project.
+"""A temporary git+DVC repository holding a copy of the project, and real `dvc` commands
+run there: the harness the end-to-end tests and the benchmark share.
 
-This is CI's pipeline validation (`make smoke`, called by .ci/run) and the toolbox the
-end-to-end tests share: copy the project into a fresh git+DVC repo, point params.yaml
-at synthetic IDX files with tiny models, run real `dvc` commands there.
+Everything runs with its own HOME and git identity (``repo_env``), so nothing depends
+on the caller's home folder or git configuration.
 """
 
 from __future__ import annotations
 
-import argparse
 import copy
 import os
+import shlex
 import shutil
 import subprocess
 import sys
-import tempfile
-import time
 from pathlib import Path
 from typing import Any
 
 import yaml
 
 from tools import ROOT
-from tools.synthetic import write_dataset
 
-PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".dvcignore")
-
-
-
-def tiny_overrides(sources: list[str], sha256: dict[str, str]) -> dict[str, Any]:
-    """Params that run every stage in seconds: synthetic sources, small widths, 1 epoch."""
-    train = {"epochs": 1, "batch_size": 32, "threads": 1, "eval_batch_size": 256,
-             "augment": {"crop_padding": 2, "hflip": True}, "device": "cpu"}
-    return {
-        "download": {"sources": sources, "sha256": sha256, "timeout": 5, "retries": 0},
-        "preprocess": {"val_size": 100},
-        "train_lenet": dict(train),
-        "train_alexnet": {**train, "arch": {"channels": [4, 8, 8, 8, 8], "fc": 32}},
-        "evaluate": {"batch_size": 256, "misclassified": 9, "device": "cpu"},
-    }
+PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".dvcignore", ".gitignore")
 
 
 def merge(base: dict[str, Any], updates: dict[str, Any]) -> dict[str, Any]:
@@ -80,7 +63,7 @@ def repo_env(home: str | Path, src: str | Path | None = None) -> dict[str, str]:
     return env
 
 
-def run(cmd: list[str], cwd: str | Path, env: dict[str, str],
+def run(cmd: list[str], cwd: str | Path, env: dict[str, str] | None = None,
         check: bool = True) -> subprocess.CompletedProcess[str]:
     proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, capture_output=True)
     if check and proc.returncode != 0:
@@ -89,29 +72,44 @@ def run(cmd: list[str], cwd: str | Path, env: dict[str, str],
     return proc
 
 
-def make_repo(dst: str | Path, env: dict[str, str], root: Path = ROOT) -> Path:
-    """Copy the project's pipeline files into ``dst`` and make it a fresh git+DVC repo."""
+def copy_project(dst: str | Path, root: Path = ROOT,
+                 files: tuple[str, ...] = PROJECT_FILES) -> Path:
+    """Copy the project's pipeline files (or ``files`` of them) into ``dst``."""
     dst = Path(dst)
     dst.mkdir(parents=True, exist_ok=True)
-    for name in PROJECT_FILES:
+    for name in files:
         src = root / name
         if src.is_dir():
             shutil.copytree(src, dst / name,
                             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
             shutil.copy2(src, dst / name)
-    shutil.copy2(root / ".gitignore", dst / ".gitignore")
+    return dst
+
+
+def make_repo(dst: str | Path, env: dict[str, str], root: Path = ROOT) -> Path:
+    """Copy the project's pipeline files into ``dst`` and make it a fresh git+DVC repo."""
+    dst = copy_project(dst, root)
     run(["git", "init", "-q", "-b", "main"], dst, env)
     run(["dvc", "init", "-q"], dst, env)
     run(["dvc", "config", "core.analytics", "false"], dst, env)
     return dst
 
 
-def stage_paths(repo: Path) -> dict[str, tuple[list[str], list[str]]]:
+def stages(root: Path = ROOT) -> dict[str, dict[str, Any]]:
+    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+
+
+def stage_argv(stage: str, root: Path = ROOT) -> list[str]:
+    """A stage's ``cmd`` from dvc.yaml as an argument list, run by this interpreter."""
+    argv = shlex.split(stages(root)[stage]["cmd"])
+    return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+
+
+def stage_paths(root: Path = ROOT) -> dict[str, tuple[list[str], list[str]]]:
     """Each stage's declared deps and outs (plots and metrics included), from dvc.yaml."""
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
     result = {}
-    for name, st in stages.items():
+    for name, st in stages(root).items():
         outs = []
         for key in ("outs", "metrics", "plots"):
             for item in st.get(key, []):
@@ -132,36 +130,3 @@ def validate_pipeline(repo: Path, env: dict[str, str]) -> list[str]:
     if status.returncode != 0:
         problems.append(f"`dvc status` is not clean after repro: {status.stdout.strip()}")
     return problems
-
-
-def smoke(workdir: str | Path) -> Path:
-    workdir = Path(workdir)
-    env = repo_env(workdir / "home")
-    (workdir / "home").mkdir(parents=True, exist_ok=True)
-    sha = write_dataset(workdir / "synthetic", n_train=600, n_test=200)
-    repo = make_repo(workdir / "repo", env)
-    update_params(repo / "params.yaml", tiny_overrides([str(workdir / "synthetic")], sha))
-    t0 = time.perf_counter()
-    proc = run(["dvc", "repro"], repo, env)
-    print(proc.stdout[-3000:])
-    problems = validate_pipeline(repo, env)
-    if problems:
-        raise SystemExit("pipeline validation failed:\n  " + "\n  ".join(problems))
-    print(f"smoke run of all {len(stage_paths(repo))} stages passed in "
-          f"{time.perf_counter() - t0:.1f} s in {repo}")
-    return repo
-
-
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
-    parser.add_argument("--keep", help="run in this folder and keep it")
-    args = parser.parse_args()
-    if args.keep:
-        smoke(args.keep)
-    else:
-        with tempfile.TemporaryDirectory(prefix="fmnist-smoke-") as tmp:
-            smoke(tmp)
-
-
-if __name__ == "__main__":
-    main()

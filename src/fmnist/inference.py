@@ -1,0 +1,53 @@
+"""Inference with a model: logits over a split, its test-time views, loss and accuracy.
+
+Used by training-time validation, by ``evaluate`` and by any command that classifies
+images, so all of them see the same inputs and the same views.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import torch
+from torch import nn
+
+from fmnist import NUM_CLASSES
+from fmnist.data import Split, Stats, eval_batches
+from fmnist.runtime import autocast
+
+# Test-time views: each image once, or the mean of the logits of each image and its
+# mirror image (the models train with horizontal flips, so both are images they know).
+VIEWS = ("none", "hflip")
+
+
+def input_stats(meta: dict[str, Any]) -> Stats | None:
+    """How a trained model's inputs were normalized, from its ``meta.json``."""
+    norm = meta.get("normalize")
+    return Stats(norm["mean"], norm["std"]) if norm else None
+
+
+@torch.no_grad()
+def predict_logits(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
+                   device: torch.device, amp: str = "none",
+                   view: str = "none") -> torch.Tensor:
+    """Logits (float32, on the CPU) for every image of ``split``, in order, in one of
+    the ``VIEWS``."""
+    if view not in VIEWS:
+        raise ValueError(f"unknown test-time view {view!r}")
+    model.eval()
+    out = []
+    for x, _ in eval_batches(split, batch_size, stats):
+        x = x.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x).float()
+            if view == "hflip":
+                logits = (logits + model(x.flip(-1)).float()) / 2
+        out.append(logits.cpu())
+    return torch.cat(out) if out else torch.empty(0, NUM_CLASSES)
+
+
+def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
+    if len(labels) == 0:
+        return float("nan"), float("nan")
+    loss = nn.functional.cross_entropy(logits, labels).item()
+    return loss, (logits.argmax(1) == labels).float().mean().item()
