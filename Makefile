@@ -15,13 +15,15 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast bench lint data sshd install smoke reproduce clean
+.PHONY: run test test-fast bench lint data sshd install smoke reproduce check-lock clean
 
 run: install data
 	dvc repro
 
+# One worker per core (pytest-xdist); a module's tests stay on one worker, so that what
+# a module builds once (its fixtures) is built once
 test: install data sshd
-	pytest -q
+	pytest -q -n auto --dist loadscope --durations=10
 
 # The fast tier: unit tests on tiny synthetic data, no subprocesses, servers or training
 test-fast: install
@@ -38,16 +40,20 @@ lint: install
 	check-jsonschema --builtin-schema vendor.github-workflows .github/workflows/ci.yml
 	zizmor --offline --config .github/zizmor.yml .github/workflows/
 
+# Does the committed dvc.lock hold this code's and params' results? No data needed;
+# exit 1 naming each stale stage and why (CI runs it)
+check-lock: install
+	python -m tools.check_lock
+
 # Pipeline validation alone: all five stages with real `dvc repro` on tiny synthetic
 # data in a temporary repo, `dvc dag`, every dep and out there, `dvc status` clean
 smoke: install
-	pytest -q tests/test_pipeline.py -k full_pipeline
+	pytest -q tests/test_pipeline.py -k full_pipeline_then_nothing_reruns
 
 # Re-train the committed run from scratch in a temporary clone and compare its hashes
 # with dvc.lock: `make reproduce` (LeNet), `make reproduce STAGES="train-lenet train-alexnet"`.
-STAGES ?= train-lenet
 reproduce: install data
-	fmnist reproduce --stages $(STAGES)
+	fmnist reproduce $(if $(STAGES),--stages $(STAGES))
 
 install: $(STAMP)
 

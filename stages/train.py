@@ -8,7 +8,7 @@ import sys
 from pathlib import Path
 
 from fmnist.common import StageArgumentParser, run_stage
-from fmnist.data import TRAINING_FILES
+from fmnist.data import check_prepared
 from fmnist.models import MODELS, spec
 from fmnist.params import PARAMS_FILE, load_runtime
 from fmnist.runtime import relaunch_under_torchrun, running
@@ -23,17 +23,19 @@ def main() -> None:
                        ("--out", "the model folder: model.pt and meta.json"),
                        ("--curves", "per-epoch curves, TSV"),
                        ("--timings", "wall times and environment, JSON"),
-                       ("--state", "the resume state file (per machine)")):
+                       ("--state", "the resume state file (per machine)"),
+                       ("--live", "DVCLive's folder: the latest epoch's metrics")):
         parser.add_argument(flag, type=Path, required=True, help=what)
     args = parser.parse_args()
     s = spec(args.model)  # an unknown model is one line too
     params, runtime = s.load_params(args.params), load_runtime(args.params)
     where = f"{args.params}: {s.section}"
     code = relaunch_under_torchrun(params, runtime, where,
-                                   [args.prepared / f for f in TRAINING_FILES])
+                                   lambda: check_prepared(args.prepared))
     if code is not None:
         sys.exit(code)
-    paths = RunPaths(args.prepared, args.out, args.curves, args.state, args.timings)
+    paths = RunPaths(args.prepared, args.out, args.curves, args.state, args.timings,
+                     args.live)
     with running(params, where) as rt:
         train(s.name, params, paths, rt, resume=runtime.resume)
 

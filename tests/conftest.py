@@ -1,24 +1,37 @@
-"""Shared fixtures: synthetic IDX data, a loopback HTTP server, a project copy to run in.
+"""Shared fixtures: synthetic IDX data, a loopback HTTP server, project copies to run in.
 Helpers that tests call directly are in tests/support.py.
 
 What costs seconds is built once per test run (session scope) and copied per test: the
-synthetic data, the prepared store, a trained and evaluated work folder."""
+synthetic data, the prepared store (`prepared`), a work folder after all five stages
+(`evaluated`), and a git+DVC repo whose whole pipeline ran under `dvc repro` and was
+committed (`committed_repo`)."""
 
 from __future__ import annotations
 
-import shutil
+import json
+import os
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 
-from tests.support import Server, make_workdir, run_stages, tiny_overrides
+from tests.support import (
+    Server,
+    commit,
+    copy_repo,
+    copy_workdir,
+    make_workdir,
+    output_hashes,
+    run_stages,
+    tiny_overrides,
+)
 from tests.synthetic import write_dataset
-from tools.repo import make_repo, repo_env, update_params
+from tools.repo import make_repo, repo_env, run, update_params
 
 # Fixtures that train, run stage subprocesses or start servers: a test that uses one is
 # in the slower tier (`e2e`), so `pytest -m 'not e2e'` stays under a minute.
-SLOW_FIXTURES = {"prepared", "evaluated", "dvc_repo", "http_server"}
+SLOW_FIXTURES = {"prepared", "prepared_template", "evaluated", "evaluated_template",
+                 "dvc_repo", "committed_repo", "committed_template", "http_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -54,11 +67,6 @@ def workdir(tmp_path, synthetic) -> Path:
     return make_workdir(tmp_path / "wd", synthetic)
 
 
-def _copy(template: Path, dst: Path) -> Path:
-    shutil.copytree(template, dst, symlinks=True)
-    return dst
-
-
 @pytest.fixture(scope="session")
 def prepared_template(tmp_path_factory, synthetic) -> Path:
     wd = make_workdir(tmp_path_factory.mktemp("prepared"), synthetic)
@@ -69,12 +77,12 @@ def prepared_template(tmp_path_factory, synthetic) -> Path:
 @pytest.fixture
 def prepared(prepared_template, tmp_path) -> Path:
     """A work folder after `download` and `preprocess` (a copy of one built per run)."""
-    return _copy(prepared_template, tmp_path / "wd")
+    return copy_workdir(prepared_template, tmp_path / "wd")
 
 
 @pytest.fixture(scope="session")
 def evaluated_template(prepared_template, tmp_path_factory) -> Path:
-    wd = _copy(prepared_template, tmp_path_factory.mktemp("evaluated") / "wd")
+    wd = copy_workdir(prepared_template, tmp_path_factory.mktemp("evaluated") / "wd")
     run_stages(wd, "train-lenet", "train-alexnet", "evaluate")
     return wd
 
@@ -82,7 +90,7 @@ def evaluated_template(prepared_template, tmp_path_factory) -> Path:
 @pytest.fixture
 def evaluated(evaluated_template, tmp_path) -> Path:
     """A work folder after all five stages (a copy of one built per run)."""
-    return _copy(evaluated_template, tmp_path / "wd")
+    return copy_workdir(evaluated_template, tmp_path / "wd")
 
 
 @pytest.fixture
@@ -95,3 +103,42 @@ def dvc_repo(tmp_path, synthetic) -> tuple[Path, dict[str, str]]:
     env = repo_env(home, src=repo / "src")
     update_params(repo / "params.yaml", tiny_overrides([str(src)], sha))
     return repo, env
+
+
+@pytest.fixture(scope="session")
+def committed_template(tmp_path_factory, synthetic) -> tuple[Path, dict[str, str], str]:
+    """A fresh git+DVC repo after `dvc repro` of every stage, committed: the repo, its
+    outputs' hashes, and what `dvc repro` printed.
+
+    Built once per test run even under pytest-xdist: the first worker that needs it
+    builds it in the folder all workers share, under a lock (xdist's own recipe for a
+    session fixture); the others wait for it and use it."""
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp()
+    if os.environ.get("PYTEST_XDIST_WORKER"):
+        shared = shared.parent  # one folder per worker below it
+    tmp, record = shared / "committed", shared / "committed.json"
+    with FileLock(str(shared / "committed.lock")):
+        if not record.exists():
+            src, sha = synthetic
+            (tmp / "home").mkdir(parents=True)
+            repo = make_repo(tmp / "repo", repo_env(tmp / "home"))
+            update_params(repo / "params.yaml", tiny_overrides([str(src)], sha))
+            env = repo_env(tmp / "home", src=repo / "src")
+            stdout = run(["dvc", "repro"], repo, env).stdout
+            commit(repo, env, "pipeline run")
+            record.write_text(json.dumps([output_hashes(repo), stdout]))
+    hashes, stdout = json.loads(record.read_text())
+    return tmp / "repo", hashes, stdout
+
+
+@pytest.fixture
+def committed_repo(committed_template, tmp_path) -> tuple[Path, dict[str, str], dict[str, str]]:
+    """A copy of a repo whose whole pipeline ran and was committed (``commit_run``):
+    the repo, its environment, and its outputs' hashes. Built once per test run."""
+    template, expected, _ = committed_template
+    home = tmp_path / "home"
+    home.mkdir()
+    repo = copy_repo(template, tmp_path / "repo")
+    return repo, repo_env(home, src=repo / "src"), dict(expected)

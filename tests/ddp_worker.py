@@ -60,7 +60,7 @@ train_mod.make_trainer = capturing_make_trainer
 train_mod.run_epoch = stopping_run_epoch
 
 params = spec("lenet").load_params(args.wd / "params.yaml")
-rt = setup_runtime(params)
+rt = setup_runtime(params, "train_lenet")
 state = args.out / (f"state{rt.rank}.pt" if args.state_per_rank else "state.pt")
 paths = train_mod.RunPaths(args.wd / "data/prepared", args.out / "model",
                            args.out / "curves.tsv", state)

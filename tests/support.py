@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import http.server
+import shutil
 import socket
 import subprocess
 import sys
@@ -152,8 +153,8 @@ def run_train(wd: Path, name: str, tag: str, resume: bool = True, **updates) -> 
     """Train ``name`` in-process from ``wd``'s params, with ``updates``, into ``wd``/tag."""
     params = spec(name).load_params(wd / "params.yaml")
     params = type(params).model_validate({**params.model_dump(), **updates})
-    return train_module.train(name, params, tag_paths(wd, tag), setup_runtime(params),
-                              resume=resume)
+    return train_module.train(name, params, tag_paths(wd, tag),
+                              setup_runtime(params, spec(name).section), resume=resume)
 
 
 def run_train_interrupted(wd: Path, name: str, tag: str, **updates) -> dict:
@@ -197,6 +198,20 @@ def output_hashes(repo: Path) -> dict[str, str]:
 def commit(repo: Path, env: dict[str, str], msg: str) -> None:
     run(["git", "add", "-A"], repo, env)
     run(["git", "commit", "-qm", msg], repo, env)
+
+
+def copy_workdir(template: Path, dst: Path) -> Path:
+    """A copy of a work folder that a session fixture built."""
+    shutil.copytree(template, dst, symlinks=True)
+    return dst
+
+
+def copy_repo(template: Path, dst: Path) -> Path:
+    """A copy of a git+DVC repo, cache included; without ``.dvc/tmp``, DVC's state of
+    that folder (locks, hashes keyed by inode), which the copy builds anew."""
+    shutil.copytree(template, dst, symlinks=True,
+                    ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
+    return dst
 
 
 def commit_run(repo: Path, env: dict[str, str]) -> dict[str, str]:

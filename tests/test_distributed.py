@@ -1,7 +1,6 @@
 """Data-parallel training under torchrun: 2 CPU processes with gloo on 127.0.0.1."""
 
 import json
-import shutil
 import subprocess
 
 import pytest
@@ -10,6 +9,7 @@ import torch
 from tests.support import (
     PY,
     assert_one_line_error,
+    copy_workdir,
     free_port,
     run_stage,
     set_params,
@@ -21,12 +21,25 @@ from tools import ROOT
 EPOCHS = 3
 
 
+# 500 training images, an easy task, lr high enough to learn it in a few epochs
+LEARNABLE = {"train_lenet": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.01,
+                             "augment": {"crop_padding": 0, "hflip": False}}}
+
+
 @pytest.fixture
 def prepared(prepared):
-    # 500 training images, an easy task, lr high enough to learn it in a few epochs
-    set_params(prepared, {"train_lenet": {"epochs": EPOCHS, "batch_size": 32, "lr": 0.01,
-                                         "augment": {"crop_padding": 0, "hflip": False}}})
+    set_params(prepared, LEARNABLE)
     return prepared
+
+
+@pytest.fixture(scope="module")
+def reference(prepared_template, tmp_path_factory):
+    """One uninterrupted 2-process run through torchrun, shared by this module's tests:
+    its work folder and what each rank recorded."""
+    tmp = tmp_path_factory.mktemp("ddp")
+    wd = copy_workdir(prepared_template, tmp / "wd")
+    set_params(wd, LEARNABLE)
+    return wd, torchrun(wd, tmp / "ref", "--state-per-rank")
 
 
 def torchrun(wd, out, *extra, nproc=2, check=True):
@@ -40,8 +53,8 @@ def torchrun(wd, out, *extra, nproc=2, check=True):
     return [torch.load(out / f"rank{r}.pt", weights_only=True) for r in range(nproc)]
 
 
-def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
-    ranks = torchrun(prepared, tmp_path / "ddp")
+def test_two_ranks_shard_sync_and_learn(reference, prepared):
+    _, ranks = reference
     n_train = 500
     assert [r["world"] for r in ranks] == [2, 2]
     for epoch in range(EPOCHS):
@@ -62,8 +75,8 @@ def test_two_ranks_shard_sync_and_learn(prepared, tmp_path):
     assert abs(ddp_acc - single_acc) <= 0.05, (ddp_acc, single_acc)
 
 
-def test_resume_agrees_when_only_rank_0_has_the_state(prepared, tmp_path):
-    ref = torchrun(prepared, tmp_path / "ref", "--state-per-rank")
+def test_resume_agrees_when_only_rank_0_has_the_state(reference, prepared, tmp_path):
+    _, ref = reference
     out = tmp_path / "run"
     stopped = torchrun(prepared, out, "--state-per-rank", "--stop-after", "1", check=False)
     assert stopped.returncode != 0
@@ -77,18 +90,17 @@ def test_resume_agrees_when_only_rank_0_has_the_state(prepared, tmp_path):
     assert ranks[0]["meta"]["final"] == ref[0]["meta"]["final"]
 
 
-def test_stage_launches_torchrun_itself_and_is_deterministic(prepared):
-    set_params(prepared, {"train_lenet": {"epochs": 1, "distributed": {"nproc": 2}},
-                          "runtime": {"resume": False, "master_port": free_port()}})
-    hashes = []
-    for _ in range(2):
-        proc = run_stage(prepared, "train-lenet")
-        assert proc.returncode == 0, proc.stdout + proc.stderr
-        meta = json.loads((prepared / "models/lenet/meta.json").read_text())
-        assert meta["world_size"] == 2
-        hashes.append(weights_hash(prepared / "models/lenet/model.pt"))
-        shutil.rmtree(prepared / "models")
-    assert hashes[0] == hashes[1]
+def test_stage_launches_torchrun_itself_and_is_deterministic(reference, prepared):
+    """The stage, asked for 2 processes, starts itself under torchrun; its weights are
+    the reference run's bit for bit (another launch, the same numbers)."""
+    _, ref = reference
+    set_params(prepared, {"train_lenet": {"distributed": {"nproc": 2}},
+                          "runtime": {"master_port": free_port()}})
+    proc = run_stage(prepared, "train-lenet")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    meta = json.loads((prepared / "models/lenet/meta.json").read_text())
+    assert meta["world_size"] == 2 and meta["final"] == ref[0]["meta"]["final"]
+    assert weights_hash(prepared / "models/lenet/model.pt") == state_hash(ref[0]["weights"])
 
 
 @pytest.mark.parametrize("updates, needles", [

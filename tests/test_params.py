@@ -187,16 +187,20 @@ def test_val_size_too_large(prepared, val_size, needle):
 @pytest.mark.e2e
 @pytest.mark.parametrize("args, needle", [
     (["stages/train.py"], "the following arguments are required: model"),
-    (["stages/train.py", "lenet", "--bogus"], "unrecognized arguments: --bogus"),
     (["stages/evaluate.py", "--models"], "expected at least one argument"),
     (["stages/preprocess.py", "data/raw", "data/prepared", "--params", "stages"],
      "cannot read stages"),
     (["stages/train.py", "resnet", "--prepared", "p", "--out", "o", "--curves", "c",
-      "--timings", "t", "--state", "s"], "unknown model 'resnet'"),
+      "--timings", "t", "--state", "s", "--live", "l"], "unknown model 'resnet'"),
 ])
 def test_bad_command_line_is_one_line(workdir, args, needle):
     proc = run_script(workdir, *args)
     one_line(proc, needle)
+
+
+@pytest.mark.e2e
+def test_an_unknown_option_is_one_line(workdir):
+    one_line(run_stage(workdir, "train-lenet", "--bogus"), "unrecognized arguments: --bogus")
 
 
 @pytest.mark.e2e

@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from tests.support import commit_run, free_port, output_hashes, ran
+from tests.support import commit, free_port, output_hashes, ran
 from tools.repo import run
 
 pytestmark = pytest.mark.e2e
@@ -37,9 +37,9 @@ def s3_env(env: dict[str, str]) -> dict[str, str]:
             "AWS_DEFAULT_REGION": "us-east-1", "AWS_EC2_METADATA_DISABLED": "true"}
 
 
-def test_s3_remote_push_status_and_pull(dvc_repo, tmp_path, s3_server):
+def test_s3_remote_push_status_and_pull(committed_repo, tmp_path, s3_server):
     import boto3
-    repo, env = dvc_repo
+    repo, env, expected = committed_repo
     env = s3_env(env)
     boto3.client("s3", endpoint_url=s3_server, region_name="us-east-1",
                  aws_access_key_id="testing",
@@ -47,7 +47,7 @@ def test_s3_remote_push_status_and_pull(dvc_repo, tmp_path, s3_server):
     run(["dvc", "remote", "add", "-d", "s3", "s3://fmnist/cache"], repo, env)
     run(["dvc", "remote", "modify", "s3", "endpointurl", s3_server], repo, env)
     run(["dvc", "remote", "modify", "s3", "verify", "true"], repo, env)
-    expected = commit_run(repo, env)
+    commit(repo, env, "remote")
     assert "testing" not in (repo / ".dvc/config").read_text()  # no credential written
     pushed = run(["dvc", "push", "-r", "s3"], repo, env).stdout
     assert "pushed" in pushed
@@ -70,13 +70,13 @@ def test_s3_remote_push_status_and_pull(dvc_repo, tmp_path, s3_server):
     assert fail.returncode != 0 or "Everything is up to date" in fail.stdout
 
 
-def test_run_cache_shared_between_clones(dvc_repo, tmp_path):
+def test_run_cache_shared_between_clones(committed_repo, tmp_path):
     """Clone A runs an experiment and pushes the run-cache; clone B restores the same
     experiment's training from it instead of training again."""
-    repo, env = dvc_repo
+    repo, env, _ = committed_repo
     storage = tmp_path / "storage"
     run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
-    commit_run(repo, env)
+    commit(repo, env, "remote")
     run(["dvc", "push"], repo, env)
     exp_a = run(["dvc", "exp", "run", "-S", "train_lenet.lr=0.02"], repo, env).stdout
     assert "train-lenet" in ran(exp_a)
@@ -95,11 +95,11 @@ def test_run_cache_shared_between_clones(dvc_repo, tmp_path):
     assert output_hashes(clone)["models/lenet/model.pt"] == lenet_a
 
 
-def test_models_are_artifacts_dvc_can_get(dvc_repo, tmp_path):
-    repo, env = dvc_repo
+def test_models_are_artifacts_dvc_can_get(committed_repo, tmp_path):
+    repo, env, expected = committed_repo
     storage = tmp_path / "storage"
     run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
-    expected = commit_run(repo, env)
+    commit(repo, env, "remote")
     run(["dvc", "push"], repo, env)
     # a version is registered as GTO does it: an annotated git tag NAME@vX.Y.Z
     run(["git", "tag", "-a", "lenet@v1.0.0", "-m", "Registering artifact lenet version v1.0.0"],

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.support import commit_run, free_port, output_hashes, ran
+from tests.support import commit, free_port, output_hashes, ran
 from tools.repo import run
 
 pytestmark = pytest.mark.e2e
@@ -37,11 +37,11 @@ def check_clone(origin, clone, env, expected, remote_setup=()):
     assert len(expected) > 15
 
 
-def test_fresh_clone_pulls_and_reruns_nothing(dvc_repo, tmp_path):
-    repo, env = dvc_repo
+def test_fresh_clone_pulls_and_reruns_nothing(committed_repo, tmp_path):
+    repo, env, expected = committed_repo
     storage = tmp_path / "storage"
     run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
-    expected = commit_run(repo, env)
+    commit(repo, env, "remote")
     pushed = run(["dvc", "push"], repo, env).stdout
     assert "pushed" in pushed
     assert any(storage.rglob("*"))
@@ -115,8 +115,8 @@ Subsystem sftp internal-sftp
             proc.wait()
 
 
-def test_ssh_remote_push_and_pull(dvc_repo, tmp_path, sshd):
-    repo, env = dvc_repo
+def test_ssh_remote_push_and_pull(committed_repo, tmp_path, sshd):
+    repo, env, expected = committed_repo
     ssh_dir = Path(env["HOME"]) / ".ssh"
     ssh_dir.mkdir(mode=0o700, exist_ok=True)
     (ssh_dir / "known_hosts").write_text(sshd["known_hosts"])
@@ -131,7 +131,7 @@ def test_ssh_remote_push_and_pull(dvc_repo, tmp_path, sshd):
         run(cmd, repo, env)
     assert "keyfile" not in (repo / ".dvc/config").read_text()
     assert "keyfile" in (repo / ".dvc/config.local").read_text()
-    expected = commit_run(repo, env)
+    commit(repo, env, "remote")
     run(["dvc", "push"], repo, env)
     assert any(p.is_file() for p in remote_path.rglob("*"))
     check_clone(repo, tmp_path / "clone", env, expected, remote_setup=credentials)
@@ -140,40 +140,114 @@ def test_ssh_remote_push_and_pull(dvc_repo, tmp_path, sshd):
 # ---------------------------------------------------------------- experiments
 
 
-def test_queued_experiments(dvc_repo):
-    repo, env = dvc_repo
-    commit_run(repo, env)
-    for lr in ("0.001", "0.01"):
-        run(["dvc", "exp", "run", "--queue", "-S", f"train_lenet.lr={lr}"], repo, env)
-    run(["dvc", "queue", "start", "-j", "1"], repo, env)
-    deadline = time.monotonic() + 600
+# An AlexNet slow enough (several seconds an epoch) for `dvc exp show` to see epoch 1
+WATCHED = ["train_alexnet.epochs=2", "train_alexnet.batch_size=2", "train_alexnet.lr=0.002",
+           "train_alexnet.arch.channels=[48,96,96,96,96]", "train_alexnet.arch.fc=512"]
+
+
+def experiments(repo, env, timeout: float | None = None) -> dict[str, dict] | None:
+    """name -> {state, params, metrics} of every experiment `dvc exp show` lists; None
+    where it did not answer within ``timeout`` (DVC 3.67's `exp show` can hang when it
+    reads an experiment's git objects while the queue is cleaning them up)."""
+    try:
+        proc = subprocess.run(["dvc", "exp", "show", "--json"], cwd=repo, env=env,
+                              capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return None
+    if proc.returncode != 0:
+        if timeout is None:
+            raise RuntimeError(proc.stdout + proc.stderr)
+        return None
+    shown = json.loads(proc.stdout)
+    out = {}
+    for rev in shown:
+        for exp in rev.get("experiments") or []:
+            for ex in exp.get("revs", []):
+                data = ex.get("data") or {}
+                out[ex["name"]] = {
+                    "state": (exp.get("executor") or {}).get("state"),
+                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
+                    "metrics": {k: v.get("data") for k, v in data.get("metrics", {}).items()}}
+    return out
+
+
+def test_a_sweep_watched_live_then_shared_through_git(committed_repo, tmp_path):
+    """A grid of two LeNet runs and a slower AlexNet run, queued and run one at a
+    time: `dvc exp show` shows the AlexNet's epoch 1 while it trains (DVCLive's
+    metrics, the very values its curves record), each run's params and final metrics
+    after; then one run goes to a teammate through git and the DVC remote."""
+    repo, env, _ = committed_repo
+    origin, storage = tmp_path / "origin.git", tmp_path / "storage"
+    run(["git", "init", "-q", "--bare", "-b", "main", str(origin)], tmp_path, env)
+    run(["git", "remote", "add", "origin", str(origin)], repo, env)
+    run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
+    commit(repo, env, "remote")
+    run(["git", "push", "-q", "origin", "main"], repo, env)
+
+    run(["dvc", "exp", "run", "--queue", "-S", "train_lenet.lr=0.005,0.02"], repo, env)
+    run(["dvc", "exp", "run", "--queue", "-n", "watched",
+         *(arg for kv in WATCHED for arg in ("-S", kv))], repo, env)
+    # the worker outlives `dvc queue start`: its output must not hold our pipes open
+    subprocess.run(["dvc", "queue", "start", "-j", "1"], cwd=repo, env=env, check=True,
+                   stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    live_key = "metrics/live/alexnet/metrics.json"
+    # a queued run starts from the baseline's files: until its AlexNet stage has run an
+    # epoch, `dvc exp show` shows the baseline's (1-epoch) metrics
+    baseline = json.loads((repo / live_key).read_text())
+    seen_running, deadline = [], time.monotonic() + 600
     while True:
-        status = run(["dvc", "queue", "status"], repo, env).stdout
-        if "Queued" not in status and "Running" not in status:
+        exps = experiments(repo, env, timeout=15)
+        if exps is None:
+            continue
+        watched = exps.get("watched", {})
+        live = watched.get("metrics", {}).get(live_key) or {}
+        if watched.get("state") == "running" and live.get("epoch") == 1 and live != baseline:
+            seen_running.append(live)
+        if len(exps) == 3 and all(e["state"] in ("success", "failed") for e in exps.values()):
             break
-        assert time.monotonic() < deadline, status
-        time.sleep(2)
-    assert status.count("Success") == 2, status
-    shown = json.loads(run(["dvc", "exp", "show", "--json"], repo, env).stdout)
-    exps = [e for rev in shown for e in (rev.get("experiments") or [])]
-    results = {}
-    for exp in exps:
-        for ex in exp.get("revs", []):
-            data = ex.get("data", {})
-            lr = data["params"]["params.yaml"]["data"]["train_lenet"]["lr"]
-            results[lr] = data["metrics"]["metrics/lenet.json"]["data"]["test"]["accuracy"]
-    assert set(results) == {0.001, 0.01}, shown
-    assert all(0 <= acc <= 1 for acc in results.values())
+        assert time.monotonic() < deadline, exps
+        time.sleep(0.5)
+    assert {e["state"] for e in exps.values()} == {"success"}, exps
+    exps = experiments(repo, env)  # the queue is done: `exp show` no longer races it
+
+    # while it ran: epoch 1's values, those the run's own curves hold for epoch 1
+    assert seen_running, "dvc exp show never showed the running AlexNet's epoch 1"
+    final = exps["watched"]["metrics"][live_key]
+    assert final["epoch"] == 2 and final["step"] == 1 and "val" in final
+    run(["dvc", "exp", "apply", "watched"], repo, env)
+    row1 = (repo / "metrics/curves/alexnet.tsv").read_text().splitlines()[1].split("\t")
+    assert float(row1[1]) == pytest.approx(seen_running[0]["train"]["loss"], rel=1e-5)
+
+    # the grid: two runs, their own lr, their own metrics
+    grid = {e["params"]["train_lenet"]["lr"]: e["metrics"]["metrics/lenet.json"]
+            for name, e in exps.items() if name != "watched"}
+    assert set(grid) == {0.005, 0.02}
+    assert grid[0.005]["test"] != grid[0.02]["test"]
+
+    # shared: pushed to git and the DVC remote, pulled and applied by a teammate
+    run(["git", "checkout", "-q", "--", "."], repo, env)
+    run(["dvc", "exp", "push", "origin", "watched"], repo, env)
+    clone = tmp_path / "teammate"
+    run(["git", "clone", "-q", str(origin), str(clone)], tmp_path, env)
+    assert "watched" in run(["dvc", "exp", "list", "origin"], clone, env).stdout
+    run(["dvc", "exp", "pull", "origin", "watched"], clone, env)
+    theirs = experiments(clone, env)["watched"]
+    assert theirs["params"]["train_alexnet"]["lr"] == 0.002
+    assert theirs["metrics"][live_key] == final
+    run(["dvc", "exp", "apply", "watched"], clone, env)
+    assert ran(run(["dvc", "repro"], clone, env).stdout) == set()  # restored, not trained
+    mine = output_hashes(repo)["models/alexnet/model.pt"]
+    assert output_hashes(clone)["models/alexnet/model.pt"] == mine
 
 
-def test_corrupt_object_in_the_remote_fails_the_pull(dvc_repo, tmp_path):
+def test_corrupt_object_in_the_remote_fails_the_pull(committed_repo, tmp_path):
     """With `verify` on (as the project's remote has it), `dvc pull` re-hashes what it
     downloads: a corrupted object fails the pull, and nothing corrupt reaches the clone."""
-    repo, env = dvc_repo
+    repo, env, expected = committed_repo
     storage = tmp_path / "storage"
     run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
     run(["dvc", "remote", "modify", "local", "verify", "true"], repo, env)
-    expected = commit_run(repo, env)
+    commit(repo, env, "remote")
     run(["dvc", "push"], repo, env)
     # flip bytes in the object that holds the LeNet's weights
     weights_md5 = hashlib.md5((repo / "models/lenet/model.pt").read_bytes()).hexdigest()

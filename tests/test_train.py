@@ -18,6 +18,7 @@ from fmnist.inference import loss_and_accuracy, predict_logits
 from fmnist.train import Trainer
 from tests.support import (
     assert_one_line_error,
+    copy_workdir,
     file_sha256,
     run_stage,
     run_stages,
@@ -146,25 +147,46 @@ def kill_after_first_epoch(wd) -> None:
     assert not out.exists() or not any(out.iterdir()), "a killed run left outputs"
 
 
-def test_resume_after_kill_gives_the_uninterrupted_weights(prepared):
-    set_params(prepared, {"train_alexnet": SLOW})
-    ref = run_stage(prepared, "train-alexnet")
-    assert ref.returncode == 0, ref.stderr
-    ref_hash = weights_hash(prepared / "models/alexnet/model.pt")
-    ref_curves = (prepared / "metrics/curves/alexnet.tsv").read_text()
-    shutil.rmtree(prepared / "models")
-    (prepared / "state/alexnet/last.pt").unlink()
+@pytest.fixture(scope="module")
+def slow_template(prepared_template, tmp_path_factory):
+    """The SLOW AlexNet trained once, uninterrupted, by its stage: the work folder (its
+    params set to SLOW), the weights' hash and the curves."""
+    wd = copy_workdir(prepared_template, tmp_path_factory.mktemp("slow") / "wd")
+    set_params(wd, {"train_alexnet": SLOW})
+    run_stages(wd, "train-alexnet")
+    return (wd, weights_hash(wd / "models/alexnet/model.pt"),
+            (wd / "metrics/curves/alexnet.tsv").read_text())
 
+
+def live_metrics(wd):
+    return (wd / "metrics/live/alexnet/metrics.json").read_text()
+
+
+@pytest.fixture
+def slow(slow_template, tmp_path):
+    """A copy of ``slow_template``'s folder without its model and resume state."""
+    template, ref_hash, ref_curves = slow_template
+    wd = copy_workdir(template, tmp_path / "wd")
+    shutil.rmtree(wd / "models")
+    shutil.rmtree(wd / "state")
+    shutil.rmtree(wd / "metrics/live")
+    return wd, ref_hash, ref_curves
+
+
+def test_resume_after_kill_gives_the_uninterrupted_weights(slow, slow_template):
+    prepared, ref_hash, ref_curves = slow
     kill_after_first_epoch(prepared)
     proc = run_stage(prepared, "train-alexnet")
     assert proc.returncode == 0, proc.stderr
     assert "resuming after epoch 1 of 3" in proc.stdout
     assert weights_hash(prepared / "models/alexnet/model.pt") == ref_hash
+    # one row per epoch, as the uninterrupted run's; DVCLive's latest epoch the same
     assert (prepared / "metrics/curves/alexnet.tsv").read_text() == ref_curves
+    assert live_metrics(prepared) == live_metrics(slow_template[0])
 
 
-def test_changed_param_starts_fresh(prepared):
-    set_params(prepared, {"train_alexnet": SLOW})
+def test_changed_param_starts_fresh(slow):
+    prepared, _, _ = slow
     kill_after_first_epoch(prepared)
     set_params(prepared, {"train_alexnet": {"lr": 0.002}})
     proc = run_stage(prepared, "train-alexnet")
@@ -173,16 +195,11 @@ def test_changed_param_starts_fresh(prepared):
     assert "resuming" not in proc.stdout
 
 
-def test_resume_false_ignores_state(prepared):
-    set_params(prepared, {"train_alexnet": SLOW})
-    ref = run_stage(prepared, "train-alexnet")
-    assert ref.returncode == 0, ref.stderr
-    fresh = weights_hash(prepared / "models/alexnet/model.pt")
-    shutil.rmtree(prepared / "models")
+def test_resume_false_ignores_state(slow):
+    prepared, fresh, _ = slow
     # A state that *would* be resumed (same fingerprint, after epoch 1), with weights
     # edited so that resuming it gives other final weights: resume: false must not use it.
     state_path = prepared / "state/alexnet/last.pt"
-    state_path.unlink()
     kill_after_first_epoch(prepared)
     state = torch.load(state_path, weights_only=True)
     state["model"] = {k: v * 0.5 for k, v in state["model"].items()}
@@ -201,10 +218,23 @@ def test_resume_false_ignores_state(prepared):
     assert weights_hash(prepared / "models/alexnet/model.pt") != fresh
 
 
-def test_inconsistent_state_is_ignored(prepared):
+@pytest.fixture(scope="module")
+def lenet_template(prepared_template, tmp_path_factory):
+    """The `train-lenet` stage run once from scratch: its model and its resume state."""
+    wd = copy_workdir(prepared_template, tmp_path_factory.mktemp("lenet") / "wd")
+    run_stages(wd, "train-lenet")
+    return wd
+
+
+@pytest.fixture
+def lenet_trained(lenet_template, tmp_path):
+    return copy_workdir(lenet_template, tmp_path / "wd")
+
+
+def test_inconsistent_state_is_ignored(lenet_trained):
     """A state whose fingerprint fits but whose content does not (here: an epoch count
     that disagrees with its scheduler) starts from scratch instead of failing later."""
-    run_stages(prepared, "train-lenet")
+    prepared = lenet_trained
     fresh = weights_hash(prepared / "models/lenet/model.pt")
     state_path = prepared / "state/lenet/last.pt"
     state = torch.load(state_path, weights_only=True)
@@ -237,9 +267,8 @@ def _saved(obj) -> bytes:
 
 
 @pytest.mark.parametrize("kind", sorted(BAD_STATES))
-def test_unreadable_state_is_ignored_and_replaced(prepared, kind):
-    ref = run_stage(prepared, "train-lenet")
-    assert ref.returncode == 0, ref.stderr
+def test_unreadable_state_is_ignored_and_replaced(lenet_trained, kind):
+    prepared = lenet_trained
     fresh = weights_hash(prepared / "models/lenet/model.pt")
     state_path = prepared / "state/lenet/last.pt"
     state_path.write_bytes(BAD_STATES[kind](state_path.read_bytes()))

@@ -1,8 +1,8 @@
 """Developer and CI tooling that no stage and no user command runs: the benchmark
 (`bench`), the step profiler (`profile_step`), the generated tables of README.md and
-docs/models.md (`readme`) and the temporary git+DVC repository harness that the tests
-and the benchmark share (`repo`). Run from the repository root: `python -m tools.NAME`.
-User commands are `fmnist` subcommands (src/fmnist/cli.py)."""
+docs/models.md (`readme`) and the harness of temporary git+DVC repositories and of
+the stages' commands read from dvc.yaml (`repo`). Run from the repository root:
+`python -m tools.NAME`. User commands are `fmnist` subcommands (src/fmnist/cli.py)."""
 
 from pathlib import Path
 

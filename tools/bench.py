@@ -27,15 +27,16 @@ import torch
 from torch import nn
 from torch.utils.flop_counter import FlopCounterMode
 
+from fmnist import NUM_CLASSES
 from fmnist.batching import epoch_order, train_batches
 from fmnist.data import Split, load_split, load_stats
 from fmnist.files import write_json
-from fmnist.models import MODELS, LocalResponseNorm, ReLUMaxPool, spec
-from fmnist.params import TrainParams
+from fmnist.models import INPUT_SHAPE, MODELS, LocalResponseNorm, ReLUMaxPool, spec
+from fmnist.params import PARAMS_FILE, TrainParams
 from fmnist.runtime import setup_runtime
 from fmnist.train import make_trainer
 from tools import ROOT
-from tools.repo import repo_env, stage_argv
+from tools.repo import positionals, repo_env, stage_argv
 
 TARGETS = {"lenet": {"baseline": 4.0},
            "alexnet": {"baseline": 1.4, "peak": 0.7, "bf16_peak": 0.7, "bf16_speedup": 1.8}}
@@ -116,7 +117,7 @@ def training_flops_per_image(model: nn.Module, batch: int = 32) -> float:
     Counted on the model built from stock layers: the project's LRN sums its windows
     with a (mostly zero) matrix product, whose FLOPs are a way of computing, not work
     the model asks for; torch's own LRN, like every element-wise layer, counts none."""
-    x, y = torch.randn(batch, 1, 28, 28), torch.randint(0, 10, (batch,))
+    x, y = torch.randn(batch, *INPUT_SHAPE), torch.randint(0, NUM_CLASSES, (batch,))
     with FlopCounterMode(display=False) as counter:
         nn.functional.cross_entropy(model(x), y).backward()
     model.zero_grad(set_to_none=True)
@@ -146,7 +147,7 @@ def project_steps(name: str, params: TrainParams, split: Split, prepared: Path,
                   device: str = "cpu") -> Iterator[int]:
     """The project's training steps; batched where ``split`` lives (as ``train`` does:
     on the GPU when training there)."""
-    device = setup_runtime(params.model_copy(update={"device": device})).device
+    device = setup_runtime(params.model_copy(update={"device": device}), name).device
     trainer = make_trainer(name, params, device, total_steps=10**6)
     trainer.model.train()
     stats = load_stats(prepared) if params.normalize else None
@@ -286,11 +287,11 @@ def bench_gpu(names: list[str], params_path: str, split: Split, prepared: Path,
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
-    _, _, raw, prepared = stage_argv("preprocess")  # python stages/preprocess.py RAW OUT
+    raw, prepared = positionals(stage_argv("preprocess"))  # preprocess.py RAW OUT
     parser.add_argument("--prepared", default=str(ROOT / prepared))
     parser.add_argument("--raw", default=str(ROOT / raw))
     parser.add_argument("--models", nargs="+", default=list(MODELS), choices=list(MODELS))
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--params", default=str(ROOT / PARAMS_FILE))
     parser.add_argument("--repo", type=Path, default=ROOT,
                         help="the DVC project to time a no-op `dvc repro` in")
     parser.add_argument("--json", help="also write the results here")

@@ -18,8 +18,9 @@ import time
 import torch
 from torch.profiler import ProfilerActivity, profile
 
-from fmnist.models import MODELS, spec
-from fmnist.params import TrainParams
+from fmnist import NUM_CLASSES
+from fmnist.models import INPUT_SHAPE, MODELS, spec
+from fmnist.params import PARAMS_FILE, TrainParams
 from fmnist.runtime import setup_runtime
 from fmnist.train import Trainer, make_trainer
 from tools import ROOT
@@ -37,14 +38,15 @@ def ablations_for(params: TrainParams) -> dict[str, dict]:
 def trainer_for(name: str, params: TrainParams, amp: str, arch: dict) -> tuple[Trainer, int]:
     p = params.model_copy(update={"amp": amp, "arch": params.arch.model_copy(update=arch),
                                   "device": "cpu"})
-    trainer = make_trainer(name, p, setup_runtime(p).device, 10**6)
+    trainer = make_trainer(name, p, setup_runtime(p, name).device, 10**6)
     trainer.model.train()
     return trainer, p.batch_size
 
 
 def batch(size: int) -> tuple[torch.Tensor, torch.Tensor]:
     g = torch.Generator().manual_seed(0)
-    return torch.randn(size, 1, 28, 28, generator=g), torch.randint(0, 10, (size,), generator=g)
+    return (torch.randn(size, *INPUT_SHAPE, generator=g),
+            torch.randint(0, NUM_CLASSES, (size,), generator=g))
 
 
 def step_ms(runs: dict[str, tuple[Trainer, int]], rounds: int, steps: int) -> dict[str, float]:
@@ -68,7 +70,7 @@ def main() -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="alexnet", choices=list(MODELS))
     parser.add_argument("--amp", default="bf16", choices=["none", "bf16"])
-    parser.add_argument("--params", default=str(ROOT / "params.yaml"))
+    parser.add_argument("--params", default=str(ROOT / PARAMS_FILE))
     parser.add_argument("--rounds", type=int, default=4)
     parser.add_argument("--steps", type=int, default=5)
     parser.add_argument("--ops", type=int, default=15, help="rows of the operator table")

@@ -24,8 +24,9 @@ from torch import nn
 
 from fmnist import models
 from fmnist.models import INPUT_SHAPE, MODELS, build_model, count_parameters
+from fmnist.params import PARAMS_FILE
 from tools import ROOT
-from tools.repo import stage_argv
+from tools.repo import option, stage_argv
 
 README, MODELS_DOC = Path("README.md"), Path("docs/models.md")
 
@@ -70,7 +71,7 @@ def summary(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
 def architecture_table(name: str, root: Path = ROOT) -> str:
     """Model ``name`` as params.yaml's ``arch`` builds it, layer by layer."""
     s = MODELS[name]
-    arch = s.load_params(root / "params.yaml").arch
+    arch = s.load_params(root / PARAMS_FILE).arch
     model = build_model(name, arch)
     lines = [f"**{s.title}** (input {'x'.join(map(str, INPUT_SHAPE))})", "",
              "| # | Layer | Output shape | Parameters |", "|---:|---|---|---:|"]
@@ -84,16 +85,11 @@ def _read(path: Path) -> dict[str, Any]:
     return json.loads(path.read_text()) if path.exists() else {}
 
 
-def option(argv: list[str], flag: str) -> str | None:
-    return argv[argv.index(flag) + 1] if flag in argv[:-1] else None
-
-
 def results_table(root: Path = ROOT) -> str:
     """One row per model from the committed metrics and timings (where dvc.yaml's
     commands write them)."""
     evaluate = stage_argv("evaluate", root)
-    models = evaluate[evaluate.index("--models") + 1:]
-    metrics = evaluate[evaluate.index("--metrics") + 1:]
+    models, metrics = option(evaluate, "--models"), option(evaluate, "--metrics")
     lines = ["| Model | Parameters | Epochs | Val accuracy (last epoch) | Test accuracy "
              "| Single view / image + mirror | Test loss | Training time | Training images/s |",
              "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
@@ -104,7 +100,7 @@ def results_table(root: Path = ROOT) -> str:
         if not m:
             continue
         timings = option(stage_argv(MODELS[name].stage, root), "--timings")
-        t = _read(root / timings) if timings else {}
+        t = _read(root / timings[0]) if timings else {}
         val = (m.get("val") or {}).get("accuracy")
         meta_val = f"{val:.4f}" if val is not None else "n/a"
         secs, rate = t.get("train_seconds"), t.get("images_per_second")

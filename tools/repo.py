@@ -1,5 +1,6 @@
-"""A temporary git+DVC repository holding a copy of the project, and real `dvc` commands
-run there: the harness the end-to-end tests and the benchmark share.
+"""A temporary git+DVC repository holding a copy of the project, real `dvc` commands run
+there, and the stages' commands read from dvc.yaml: the harness of the end-to-end
+tests, also used by the benchmark and the docs generator.
 
 Everything runs with its own HOME and git identity (``repo_env``), so nothing depends
 on the caller's home folder or git configuration.
@@ -104,6 +105,23 @@ def stage_argv(stage: str, root: Path = ROOT) -> list[str]:
     """A stage's ``cmd`` from dvc.yaml as an argument list, run by this interpreter."""
     argv = shlex.split(stages(root)[stage]["cmd"])
     return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
+
+
+def option(argv: list[str], flag: str) -> list[str]:
+    """The values of ``flag`` in an argument list: the words after it, up to the next
+    option (empty where the flag is absent)."""
+    if flag not in argv:
+        return []
+    rest = argv[argv.index(flag) + 1:]
+    end = next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))
+    return rest[:end]
+
+
+def positionals(argv: list[str]) -> list[str]:
+    """The positional arguments after the script in ``[python, script, ...]``, up to
+    the first option."""
+    rest = argv[2:]
+    return rest[:next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))]
 
 
 def stage_paths(root: Path = ROOT) -> dict[str, tuple[list[str], list[str]]]:

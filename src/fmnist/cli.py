@@ -9,6 +9,7 @@ Each subcommand has --help. Errors a user can cause are one line and exit code 2
 from __future__ import annotations
 
 import argparse
+import shutil
 import sys
 import tempfile
 from pathlib import Path
@@ -17,9 +18,12 @@ from fmnist.common import StageArgumentParser, run_stage
 
 
 def _reproduce(args: argparse.Namespace) -> int:
+    from fmnist.models import MODELS
     from fmnist.reproduce import reproduce
 
+    args.stages = args.stages or [next(iter(MODELS.values())).stage]
     if args.keep:
+        shutil.rmtree(args.keep, ignore_errors=True)  # a folder of an earlier --keep
         return 0 if reproduce(args.repo.resolve(), args.stages, args.keep.resolve()) else 1
     with tempfile.TemporaryDirectory(prefix="fmnist-reproduce-") as tmp:
         return 0 if reproduce(args.repo.resolve(), args.stages, Path(tmp)) else 1
@@ -42,8 +46,9 @@ def parser() -> argparse.ArgumentParser:
                        description="Clone HEAD, run the stages from nothing with `dvc repro`, "
                        "compare their outputs' hashes with the committed dvc.lock; explain "
                        "a mismatch. Exit code 1 on any mismatch.")
-    p.add_argument("--stages", nargs="+", default=["train-lenet"],
-                   help="the stages to re-run (download and preprocess run before them)")
+    p.add_argument("--stages", nargs="+",
+                   help="the stages to re-run (download and preprocess run before them); "
+                   "default: the first model's")
     p.add_argument("--repo", type=Path, default=Path("."), help="the project (default: .)")
     p.add_argument("--keep", type=Path, help="work in this folder and keep it")
     p.set_defaults(run=_reproduce)

@@ -50,10 +50,17 @@ def save_split(path: Path, images: np.ndarray, labels: np.ndarray) -> None:
                path)
 
 
+def check_prepared(prepared: str | Path, files: tuple[str, ...] = TRAINING_FILES) -> None:
+    """Each of ``files`` is in the prepared store, or a one-line error says what to run."""
+    for name in files:
+        path = Path(prepared) / name
+        if not path.exists():
+            raise UserError(f"{path} not found: run `dvc repro preprocess` first")
+
+
 def load_split(prepared: str | Path, split: str) -> Split:
     path = Path(prepared) / f"{split}.pt"
-    if not path.exists():
-        raise UserError(f"{path} not found: run `dvc repro preprocess` first")
+    check_prepared(prepared, (path.name,))
     try:
         obj = load_torch(path)
         split = Split(obj["images"], obj["labels"])
@@ -74,8 +81,7 @@ def read_stats(prepared: str | Path) -> dict[str, Any]:
     """``stats.json`` of the prepared store: the training split's pixel mean and std,
     and the images per split."""
     path = Path(prepared) / STATS_FILE
-    if not path.exists():
-        raise UserError(f"{path} not found: run `dvc repro preprocess` first")
+    check_prepared(prepared, (STATS_FILE,))
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
         return {"mean": float(d["mean"]), "std": float(d["std"]),

@@ -5,8 +5,8 @@ an ``http(s)://`` URL. A file is accepted only when the SHA-256 of its *decompre
 bytes matches params (re-compressed mirrors such as Debian's package pass, corrupt or
 truncated copies do not). Every byte is streamed: read, decompressed and hashed in
 chunks, with a cap on what is read, so a damaged or endless source costs a bounded
-amount of memory and time and falls through to the next source. ``data/raw`` is built
-aside and put in place only when all four files verify.
+amount of memory and time and falls through to the next source. The output folder is
+built aside and put in place only when all four files verify.
 """
 
 from __future__ import annotations

@@ -22,7 +22,7 @@ from sklearn.metrics import (
     top_k_accuracy_score,
 )
 
-from fmnist import CLASSES
+from fmnist import CLASSES, NUM_CLASSES
 from fmnist.checkpoint import load_checkpoint
 from fmnist.data import Split, load_split, read_stats
 from fmnist.files import write_json, write_text
@@ -31,7 +31,7 @@ from fmnist.models import spec
 from fmnist.params import EvaluateParams
 from fmnist.runtime import resolve_device
 
-LABELS = list(range(len(CLASSES)))
+LABELS = list(range(NUM_CLASSES))
 
 
 @dataclass(frozen=True)

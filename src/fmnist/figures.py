@@ -55,7 +55,7 @@ def training_curves(tsv: Path, title: str, path: Path) -> bool:
     fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 3.8))
     for ax, what in ((ax1, "loss"), (ax2, "accuracy")):
         ax.plot(c["epoch"], c[f"train_{what}"], marker="o", label="train")
-        if any(v == v for v in c[f"val_{what}"]):  # a final refit has no validation
+        if f"val_{what}" in c:  # a final refit has no validation split
             ax.plot(c["epoch"], c[f"val_{what}"], marker="o", label="validation")
         ax.set_xlabel("epoch")
         ax.set_ylabel(what)

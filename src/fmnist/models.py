@@ -202,14 +202,13 @@ class AlexNetSmall(nn.Module):
     """(CNN -> RN -> MP)^2 -> (CNN^k -> MP) -> (FC -> DO)^2 -> Linear, for 28x28x1 input.
 
     ``channels`` holds the widths of the first block's 5x5 convolution, the second
-    block's 3x3 convolution, then the third block's 3x3 convolutions (three by default;
+    block's 3x3 convolution, then the third block's 3x3 convolutions (three as committed;
     the original code's variant has two). Each max-pool halves: 28 -> 14 -> 7 -> 3.
     """
 
     def __init__(self, arch: AlexNetArch):
         super().__init__()
-        a = arch
-        c = a.channels
+        a, c = arch, arch.channels
 
         def norm() -> list[nn.Module]:
             return [LocalResponseNorm(a.lrn_size)] if a.lrn else []

@@ -18,6 +18,7 @@ import json
 import os
 import shlex
 import subprocess
+import sys
 import time
 from pathlib import Path
 from typing import Any
@@ -43,15 +44,38 @@ def committed(repo: Path, path: str) -> str | None:
 
 def environment_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]:
     keys = sorted(set(before) | set(after))
+    same = {k: before.get(k) == after.get(k) for k in keys}
+    same["cpu_flags"] = set(before.get("cpu_flags", [])) == set(after.get("cpu_flags", []))
     return [f"{k}: committed run {before.get(k)!r}, here {after.get(k)!r}"
-            for k in keys if before.get(k) != after.get(k)]
+            for k in keys if not same[k]]
 
 
-def timings_path(lock: dict[str, Any], stage: str) -> str | None:
-    """Where a training stage records its timings: its cmd's ``--timings`` (dvc.yaml is
-    the one place paths live; dvc.lock repeats the cmd)."""
-    words = shlex.split(lock["stages"].get(stage, {}).get("cmd", ""))
+def timings_path(pipeline: dict[str, Any], stage: str) -> str | None:
+    """Where a training stage records its timings: its cmd's ``--timings`` in dvc.yaml,
+    the one place paths live."""
+    words = shlex.split(pipeline.get("stages", {}).get(stage, {}).get("cmd", ""))
     return words[words.index("--timings") + 1] if "--timings" in words[:-1] else None
+
+
+def clone_env(clone: Path, home: Path) -> dict[str, str]:
+    """The clone's stages run the clone's code (HEAD, not this working tree's) with this
+    interpreter's dvc and python, and nothing of the user's DVC configuration (a shared
+    cache or run-cache would restore results instead of computing them)."""
+    home.mkdir(parents=True, exist_ok=True)
+    return {**os.environ, "HOME": str(home), "DVC_NO_ANALYTICS": "1",
+            "PATH": os.pathsep.join([str(Path(sys.executable).parent),
+                                     os.environ.get("PATH", "")]),
+            "PYTHONPATH": os.pathsep.join(filter(None, [str(clone / "src"),
+                                                        os.environ.get("PYTHONPATH")]))}
+
+
+def run_in(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
+    try:
+        proc = subprocess.run(cmd, cwd=cwd, env=env, text=True)
+    except FileNotFoundError:
+        raise UserError(f"{cmd[0]} not found: run `make install` first") from None
+    if proc.returncode != 0:
+        raise UserError(f"`{' '.join(cmd)}` failed {what}")
 
 
 def explain(clone: Path, stage: str, timings: str | None,
@@ -88,19 +112,14 @@ def reproduce(repo: Path, stages: list[str], workdir: Path) -> bool:
         raise UserError(f"no stage {unknown[0]!r} in the committed dvc.lock (there: "
                         f"{', '.join(lock.get('stages', {}))})")
     clone = workdir / "clone"
-    # the clone's stages run the clone's code (HEAD), not this working tree's
-    env = {**os.environ, "DVC_NO_ANALYTICS": "1",
-           "PYTHONPATH": os.pathsep.join(filter(None, [str(clone / "src"),
-                                                       os.environ.get("PYTHONPATH")]))}
-    workdir.mkdir(parents=True, exist_ok=True)
-    subprocess.run(["git", "clone", "-q", str(repo), str(clone)], env=env, check=True)
+    env = clone_env(clone, workdir / "home")
+    run_in(["git", "clone", "-q", str(repo), str(clone)], workdir, env, f"for {repo}")
     print(f"re-running {', '.join(stages)} from scratch in {clone} ...", flush=True)
     t0 = time.perf_counter()
-    proc = subprocess.run(["dvc", "repro", *stages], cwd=clone, env=env, text=True)
-    if proc.returncode != 0:
-        raise UserError(f"`dvc repro {' '.join(stages)}` failed in the clone {clone}")
+    run_in(["dvc", "repro", "--no-run-cache", *stages], clone, env, f"in the clone {clone}")
     print(f"done in {time.perf_counter() - t0:.0f} s")
     new = yaml.safe_load((clone / "dvc.lock").read_text())
+    pipeline = yaml.safe_load((clone / "dvc.yaml").read_text())
     ok = True
     for stage in [*UPSTREAM, *stages]:
         want, got = outs(lock, stage), outs(new, stage)
@@ -112,7 +131,7 @@ def reproduce(repo: Path, stages: list[str], workdir: Path) -> bool:
         for path in sorted(set(want) | set(got)):
             if want.get(path) != got.get(path):
                 print(f"  {path}: committed {want.get(path)}, here {got.get(path)}")
-        timings = timings_path(lock, stage)
+        timings = timings_path(pipeline, stage)
         for line in explain(clone, stage, timings,
                             committed(repo, timings) if timings else None):
             print(f"  {line}")

@@ -1,12 +1,12 @@
 """Resuming an interrupted training run: the saved state and what it must match.
 
-After every epoch rank 0 saves ``state/NAME/last.pt``: weights, optimizer, scheduler,
-the curves so far. A later run resumes from it only when its fingerprint (the params
-that change results, the training code, the prepared data) matches; a state that does
-not match, or that cannot be read at all, is ignored with a one-line warning and is
-overwritten after the next epoch. Only rank 0 reads the file: its decision, and the
-state itself, reach the other ranks through the process group, so a node that does not
-have the file resumes in step with the one that does.
+After every epoch rank 0 saves the resume state (the stage's ``--state`` file): weights,
+optimizer, scheduler, the curves so far. A later run resumes from it only when its
+fingerprint (the params that change results, the training code, the prepared data)
+matches; a state that does not match, or that cannot be read at all, is ignored with a
+one-line warning and is overwritten after the next epoch. Only rank 0 reads the file:
+its decision, and the state itself, reach the other ranks through the process group, so
+a node that does not have the file resumes in step with the one that does.
 """
 
 from __future__ import annotations

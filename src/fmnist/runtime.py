@@ -13,10 +13,9 @@ import os
 import platform
 import subprocess
 import sys
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
-from pathlib import Path
 
 import torch
 import torch.distributed as dist
@@ -76,18 +75,16 @@ def check_device(params: TrainParams, device: torch.device, where: str) -> None:
 
 
 def relaunch_under_torchrun(params: TrainParams, runtime: RuntimeParams, where: str,
-                            inputs: Iterable[Path]) -> int | None:
+                            check_inputs: Callable[[], None]) -> int | None:
     """Where params ask for more than one process and this is not one of them yet: run
     this same command under torchrun (PyTorch's launcher) and return its exit code.
-    None: run here. What every rank would fail on (the device, the inputs it reads
-    first) is checked before any process starts."""
+    None: run here. What every rank would fail on (the device; the inputs, checked by
+    ``check_inputs``) is checked before any process starts."""
     d = params.distributed
     if d.world == 1 or "LOCAL_RANK" in os.environ:
         return None
     check_device(params, resolve_device(params.device), where)
-    for path in inputs:
-        if not Path(path).exists():
-            raise UserError(f"{path} not found: run `dvc repro preprocess` first")
+    check_inputs()
     cmd = [sys.executable, "-m", "torch.distributed.run",
            f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
            f"--node_rank={runtime.node_rank}", f"--master_addr={runtime.master_addr}",
@@ -125,7 +122,7 @@ def keep_freed_memory() -> bool:
         (_M_TOP_PAD, 64 << 20)))
 
 
-def setup_runtime(params: TrainParams, where: str = "train") -> Runtime:
+def setup_runtime(params: TrainParams, where: str) -> Runtime:
     """Pin threads, make kernels deterministic, check what needs CUDA, and join the
     process group under torchrun."""
     keep_freed_memory()
@@ -160,7 +157,8 @@ def teardown_runtime() -> None:
 
 @contextlib.contextmanager
 def running(params: TrainParams, where: str) -> Iterator[Runtime]:
-    """``setup_runtime`` and, whatever happens, ``teardown_runtime``."""
+    """``setup_runtime`` and, whatever happens, ``teardown_runtime``; ``where`` names
+    the params section in errors (``params.yaml: train_lenet``)."""
     rt = setup_runtime(params, where)
     try:
         yield rt
@@ -201,7 +199,7 @@ def cpu_model() -> str:
 
 def cpu_flags() -> list[str]:
     """The ISA extensions that decide which kernels torch picks (and so the bits)."""
-    wanted = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_vnni", "amx_bf16", "amx_tile")
+    wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", *NATIVE_BF16_FLAGS)
     try:
         for line in open("/proc/cpuinfo", encoding="utf-8"):
             if line.startswith("flags"):

@@ -45,6 +45,7 @@ class RunPaths:
     curves: Path              # per-epoch curves (plot data, cached by DVC)
     state: Path               # resume state file (per machine, never shared)
     timings: Path | None = None  # wall times and the environment (a git-tracked metric)
+    live: Path | None = None  # DVCLive's folder: the latest epoch's metrics, during a run
 
 
 class NonFiniteLoss(UserError):
@@ -272,20 +273,78 @@ def run_epoch(name: str, trainer: Trainer, data: Data, params: TrainParams, rt: 
 
 
 def validate_epoch(trainer: Trainer, data: Data, params: TrainParams,
-                   rt: Runtime) -> tuple[float, float]:
+                   rt: Runtime) -> dict[str, float]:
+    """The validation split's loss and accuracy, on rank 0; nothing where there is no
+    validation split (the final refit), so nothing about it is printed or logged."""
     if not rt.main or not len(data.val):
-        return float("nan"), float("nan")
+        return {}
     logits = predict_logits(trainer.result, data.val, data.stats, params.eval_batch_size,
                             rt.device, params.amp)
-    return loss_and_accuracy(logits, data.val.labels)
+    loss, accuracy = loss_and_accuracy(logits, data.val.labels)
+    return {"val_loss": loss, "val_accuracy": accuracy}
 
 
 def write_curves(path: Path, history: list[dict[str, float]]) -> None:
-    lines = ["\t".join(CURVE_FIELDS)]
+    """The per-epoch curves, rewritten whole from the run's history (a resumed run's
+    too): one row per epoch, the columns that the run has."""
+    fields = [k for k in CURVE_FIELDS if history and k in history[0]]
+    lines = ["\t".join(fields)]
     for row in history:
         lines.append("\t".join(f"{row[k]:.6g}" if isinstance(row[k], float) else str(row[k])
-                               for k in CURVE_FIELDS))
+                               for k in fields))
     write_text(path, "\n".join(lines) + "\n")
+
+
+def epoch_line(name: str, params: TrainParams, row: dict[str, float], seen: int) -> str:
+    val = (f" | val loss {row['val_loss']:.4f} acc {row['val_accuracy']:.4f}"
+           if "val_loss" in row else "")
+    return (f"{name} epoch {row['epoch']}/{params.epochs}: train loss {row['train_loss']:.4f} "
+            f"acc {row['train_accuracy']:.4f}{val} | {row['seconds']:.1f} s, "
+            f"{seen / row['seconds']:.0f} img/s")
+
+
+# DVCLive's name for each curve field
+LIVE_NAMES = {"epoch": "epoch", "train_loss": "train/loss", "train_accuracy": "train/accuracy",
+              "val_loss": "val/loss", "val_accuracy": "val/accuracy", "lr": "lr"}
+
+
+def open_live(path: Path | None, resuming: bool) -> Any:
+    """DVCLive, writing the latest epoch's metrics to ``path``/metrics.json, where
+    `dvc exp show`, VS Code's DVC extension and DVC Studio read them while a run goes.
+
+    Only that summary: the per-epoch curves have one writer, ``write_curves`` (a resumed
+    run rewrites them from its saved history, so they hold exactly one row per epoch).
+    DVCLive neither writes a dvc.yaml (the project's declares this file as the training
+    stage's metrics) nor saves an experiment of its own (`dvc exp run` makes one), and
+    posts to DVC Studio only where the user has configured a token."""
+    if path is None:
+        return None
+    from dvclive import Live
+    from scmrepo.exceptions import SCMError
+
+    class QuietLive(Live):
+        def _init_dvc(self) -> None:
+            # DVCLive 3.49 reads the git HEAD without checking for one: in a repository
+            # without commits yet (`git init`, then the first `dvc repro`) it raises.
+            # There is no experiment to log to then; the metrics file is written all
+            # the same.
+            try:
+                super()._init_dvc()
+            except SCMError:
+                self._dvc_file = "dvc.yaml"
+
+    return QuietLive(str(path), resume=resuming, report=None, dvcyaml=None,
+                     save_dvc_exp=False)
+
+
+def log_live(live: Any, row: dict[str, float]) -> None:
+    """One epoch's metrics as DVCLive's step ``epoch - 1`` (the run's state decides the
+    epoch, so a resumed run logs each epoch once)."""
+    live.step = int(row["epoch"]) - 1
+    for key, name in LIVE_NAMES.items():
+        if key in row:
+            live.log_metric(name, row[key], plot=False)
+    live.next_step()  # writes metrics.json and signals VS Code that a step is done
 
 
 def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: Runtime,
@@ -328,6 +387,7 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
     params = params.model_copy(update={"amp": resolve_amp(params.amp, rt.device)})
     data = load_data(paths.prepared, params, rt)
     trainer, progress, fp = resume_or_start(name, params, data, paths, rt, resume)
+    live = open_live(paths.live, progress.epoch > 0) if rt.main else None
     if rt.distributed:
         trainer.model = nn.parallel.DistributedDataParallel(
             trainer.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
@@ -336,20 +396,19 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
         t0 = time.perf_counter()
         train_loss, train_acc, seen = run_epoch(name, trainer, data, params, rt, epoch)
         progress.step_seconds += time.perf_counter() - t0
-        val_loss, val_acc = validate_epoch(trainer, data, params, rt)
+        val = validate_epoch(trainer, data, params, rt)
         seconds = time.perf_counter() - t0
         progress.elapsed += seconds
         progress.epoch = epoch + 1
-        progress.history.append({
-            "epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
-            "val_loss": val_loss, "val_accuracy": val_acc,
-            "lr": trainer.opt.param_groups[0]["lr"], "seconds": seconds})
+        row = {"epoch": epoch + 1, "train_loss": train_loss, "train_accuracy": train_acc,
+               **val, "lr": trainer.opt.param_groups[0]["lr"], "seconds": seconds}
+        progress.history.append(row)
         if rt.main:
-            print(f"{name} epoch {epoch + 1}/{params.epochs}: train loss {train_loss:.4f} "
-                  f"acc {train_acc:.4f} | val loss {val_loss:.4f} acc {val_acc:.4f} | "
-                  f"{seconds:.1f} s, {seen / seconds:.0f} img/s")
+            print(epoch_line(name, params, row, seen))
             write_curves(paths.curves, progress.history)
             save_state(paths.state, fp, trainer.state_dict(), progress)
+            if live is not None:
+                log_live(live, row)
         if rt.distributed:
             dist.barrier()
 
@@ -359,4 +418,6 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
         write_curves(paths.curves, progress.history)
         if paths.timings is not None:
             write_json(paths.timings, timings(data, params, rt, progress))
+        if live is not None:
+            live.end()
     return meta
