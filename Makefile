@@ -15,7 +15,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast bench lint data sshd install smoke reproduce check-lock clean
+.PHONY: run test test-fast bench lint data sshd install smoke reproduce check-lock plots clean
 
 run: install data
 	dvc repro
@@ -44,6 +44,11 @@ lint: install
 # exit 1 naming each stale stage and why (CI runs it)
 check-lock: install
 	python -m tools.check_lock
+
+# `dvc plots diff $(REVS)` as one HTML page that draws with no network (each chart rendered
+# to SVG here): `make plots`, `make plots REVS=main`
+plots: install
+	python -m tools.plots_page --out dvc_plots/offline.html $(REVS)
 
 # Pipeline validation alone: all five stages with real `dvc repro` on tiny synthetic
 # data in a temporary repo, `dvc dag`, every dep and out there, `dvc status` clean
