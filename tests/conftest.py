@@ -2,8 +2,9 @@
 Helpers that tests call directly are in tests/support.py.
 
 What costs seconds is built once per test run (session scope) and copied per test: the
-synthetic data, the prepared store (`prepared`), a work folder after all five stages
-(`evaluated`), and a git+DVC repo whose whole pipeline ran under `dvc repro` and was
+synthetic data, the prepared store (`prepared`), a work folder after the training
+and evaluate stages (`evaluated`), one after `package` too (`packaged_template`), and
+a git+DVC repo whose whole pipeline ran under `dvc repro` and was
 committed (`committed_repo`)."""
 
 from __future__ import annotations
@@ -31,7 +32,8 @@ from tools.repo import make_repo, repo_env, run, update_params
 # Fixtures that train, run stage subprocesses or start servers: a test that uses one is
 # in the slower tier (`e2e`), so `pytest -m 'not e2e'` stays under a minute.
 SLOW_FIXTURES = {"prepared", "prepared_template", "evaluated", "evaluated_template",
-                 "dvc_repo", "committed_repo", "committed_template", "http_server"}
+                 "packaged_template", "dvc_repo", "committed_repo", "committed_template",
+                 "http_server"}
 
 
 def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
@@ -78,6 +80,14 @@ def prepared_template(tmp_path_factory, synthetic) -> Path:
 def prepared(prepared_template, tmp_path) -> Path:
     """A work folder after `download` and `preprocess` (a copy of one built per run)."""
     return copy_workdir(prepared_template, tmp_path / "wd")
+
+
+@pytest.fixture(scope="session")
+def packaged_template(evaluated_template, tmp_path_factory) -> Path:
+    """A work folder after every stage, `package` included: read it, do not write to it."""
+    wd = copy_workdir(evaluated_template, tmp_path_factory.mktemp("packaged") / "wd")
+    run_stages(wd, "package")
+    return wd
 
 
 @pytest.fixture(scope="session")

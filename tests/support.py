@@ -188,7 +188,7 @@ def ran(stdout: str) -> set[str]:
 def output_hashes(repo: Path) -> dict[str, str]:
     """SHA-256 of every file under the pipeline's output folders."""
     out = {}
-    for top in ("data", "models", "metrics"):
+    for top in ("data", "models", "metrics", "dist"):
         for p in sorted((repo / top).rglob("*")):
             if p.is_file() and p.name != ".gitignore":
                 out[str(p.relative_to(repo))] = hashlib.sha256(p.read_bytes()).hexdigest()

@@ -12,6 +12,7 @@ from fmnist.models import MODELS, spec
 from fmnist.params import (
     DownloadParams,
     EvaluateParams,
+    PackageParams,
     PreprocessParams,
     load_runtime,
     load_section,
@@ -24,6 +25,7 @@ LOADERS = {
     "download": lambda p: load_section("download", DownloadParams, p),
     "preprocess": lambda p: load_section("preprocess", PreprocessParams, p),
     "evaluate": lambda p: load_section("evaluate", EvaluateParams, p),
+    "package": lambda p: load_section("package", PackageParams, p),
     "runtime": load_runtime,
     **{s.stage: s.load_params for s in MODELS.values()},
 }
@@ -55,6 +57,8 @@ BAD_VALUES = [
      ["train_alexnet.arch.dropout"]),
     ("train-lenet", {"train_lenet": {"batch_size": 0}}, ["train_lenet.batch_size"]),
     ("evaluate", {"evaluate": {"batch_size": "big"}}, ["evaluate.batch_size"]),
+    ("package", {"package": {"opset": 9}}, ["package.opset", "greater than or equal to 17"]),
+    ("package", {"package": {"max_logit_diff": 0}}, ["package.max_logit_diff"]),
     # non-finite floats (YAML's .inf / .nan)
     ("train-lenet", {"train_lenet": {"lr": float("inf")}}, ["train_lenet.lr", "finite"]),
     ("train-lenet", {"train_lenet": {"weight_decay": float("inf")}},
@@ -99,6 +103,8 @@ def test_bad_value(workdir, monkeypatch, loader, updates, needles):
     ("train-alexnet", {"train_alexnet": {"arch": {"dropout": 1.0}}},
      ["train_alexnet.arch.dropout", "less than 1"]),
     ("evaluate", {"evaluate": {"batch_size": "big"}}, ["evaluate.batch_size"]),
+    ("package", {"package": {"opset": 9}}, ["package.opset", "greater than or equal to 17"]),
+    ("package", {"package": {"max_logit_diff": 0}}, ["package.max_logit_diff"]),
 ])
 def test_a_bad_value_stops_the_stage_in_one_line_writing_nothing(workdir, stage, updates,
                                                                  needles):

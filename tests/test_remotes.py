@@ -6,6 +6,7 @@ import json
 
 import pytest
 
+from fmnist.package import FILES
 from tests.support import commit, free_port, output_hashes, ran
 from tools.repo import run
 
@@ -106,6 +107,10 @@ def test_models_are_artifacts_dvc_can_get(committed_repo, tmp_path):
         repo, env)
     out = tmp_path / "got"
     run(["dvc", "artifacts", "get", str(repo), "lenet", "-o", str(out)], tmp_path, env)
-    for name in ("model.pt", "meta.json"):
+    # the release folder: the weights, meta.json, the ONNX export and the card
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    for name in FILES:
         got = hashlib.sha256((out / name).read_bytes()).hexdigest()
-        assert got == expected[f"models/lenet/{name}"]
+        assert got == expected[f"dist/lenet/{name}"]
+    assert expected["dist/lenet/model.pt"] == expected["models/lenet/model.pt"]
+    assert (out / "README.md").read_text().startswith("# LeNet-5 for Fashion-MNIST")

@@ -2,6 +2,8 @@
 
     fmnist reproduce [--stages train-lenet train-alexnet]   # re-train, compare bit for bit
     fmnist presets writeup                                  # a preset as dvc -S arguments
+    fmnist predict models/alexnet shoe.jpg photos/          # classify image files
+    fmnist predict dist/alexnet/model.onnx test.npy --json  # on ONNX Runtime, no torch
 
 Each subcommand has --help. Errors a user can cause are one line and exit code 2.
 """
@@ -36,6 +38,14 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _predict(args: argparse.Namespace) -> int:
+    from fmnist.predict import run
+
+    fmt = "json" if args.json else "csv" if args.csv else "table"
+    return run(args.model, args.images, args.tta, not args.no_convert, args.top, fmt,
+               args.batch_size, args.params)
+
+
 def parser() -> argparse.ArgumentParser:
     top = StageArgumentParser(prog="fmnist", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -57,6 +67,34 @@ def parser() -> argparse.ArgumentParser:
                        description="dvc exp run -n writeup $(fmnist presets writeup)")
     p.add_argument("preset", help="a name in presets/ or a path to a YAML file")
     p.set_defaults(run=_presets)
+    p = sub.add_parser(
+        "predict", help="classify image files with a model folder or an ONNX file",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        description="Classify images: PNG, JPEG or any format Pillow reads, folders of "
+        "them, .npy arrays ((H, W) or (N, H, W); uint8, or floats in [0, 1]) and IDX "
+        "files.\nImages not already like the data set's (28x28 grayscale, a light "
+        "garment on black) are converted its way:\ngrayscale, invert a light "
+        "background, trim, longer side to 28, centre.\nExit code 1 when an input "
+        "failed (one line each on stderr; the others are still reported), 2 when the "
+        "model cannot be used.")
+    p.add_argument("model", type=Path, help="a model folder (models/NAME, dist/NAME, what "
+                   "`dvc artifacts get` wrote) or an exported .onnx file")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders, "
+                   ".npy or IDX files")
+    p.add_argument("--tta", choices=("none", "hflip"), help="test-time view: one image, "
+                   "or the mean of it and its mirror image (default: the model's recorded "
+                   "view, else params.yaml's evaluate.tta, else none)")
+    p.add_argument("--no-convert", action="store_true",
+                   help="take 28x28 images as they are; no trimming, resizing or inverting")
+    p.add_argument("--top", type=int, default=2, metavar="K",
+                   help="report the K most probable classes (default: 2)")
+    out = p.add_mutually_exclusive_group()
+    out.add_argument("--json", action="store_true", help="one JSON object on stdout")
+    out.add_argument("--csv", action="store_true", help="CSV on stdout")
+    p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"),
+                   help="where to look up evaluate.tta (default: ./params.yaml)")
+    p.set_defaults(run=_predict)
     return top
 
 

@@ -192,6 +192,12 @@ class EvaluateParams(Strict):
     tta: Literal["none", "hflip"]
 
 
+class PackageParams(Strict):
+    opset: int = Field(ge=17, le=23, description="the ONNX opset of the export")
+    # ONNX Runtime against PyTorch, fp32, on the whole test split: the export fails above
+    max_logit_diff: float = Field(gt=0, le=1)
+
+
 # ---------------------------------------------------------------- loading
 
 

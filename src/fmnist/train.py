@@ -360,6 +360,7 @@ def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: R
         "normalize": ({"mean": data.stats.mean, "std": data.stats.std}
                       if data.stats else None),
         "epochs": params.epochs,
+        "device": rt.device.type,
         "world_size": rt.world,
         "final": {k: v for k, v in progress.history[-1].items() if k in CURVE_FIELDS}
         if progress.history else {},

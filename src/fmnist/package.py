@@ -1,0 +1,247 @@
+"""The release folder of each model: ``dist/NAME/`` with everything a user needs.
+
+    model.pt     the weights (a PyTorch state dict, as training wrote it)
+    meta.json    training's meta.json plus the test-time view ``evaluate`` reported
+    model.onnx   the ONNX export, checked against PyTorch on the whole test split
+    README.md    the model card, generated from the files above and the test metrics
+
+Each folder is built aside and swapped in whole. Every number in the card comes from
+``meta.json``, the metrics JSON, the confusion CSV or the ONNX check: nothing holds a
+time, host or path.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import shutil
+from collections import Counter
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from fmnist import CLASSES
+from fmnist.checkpoint import load_checkpoint
+from fmnist.common import UserError
+from fmnist.data import load_split, read_stats
+from fmnist.export import Agreement, check_onnx, export_onnx
+from fmnist.files import atomic_dir, write_json, write_text
+from fmnist.models import spec
+from fmnist.params import EvaluateParams, PackageParams
+from fmnist.summary import layer_table
+
+FILES = ("model.pt", "meta.json", "model.onnx", "README.md")
+WEAKEST = 3  # classes the card names as the weakest, by F1
+
+
+@dataclass(frozen=True)
+class ReleasePaths:
+    """What ``package`` reads and writes for one model: given in dvc.yaml's cmd."""
+
+    name: str
+    checkpoint: Path  # the model folder (input)
+    metrics: Path     # evaluate's metrics JSON (input)
+    confusion: Path   # evaluate's per-image predictions (input)
+    out: Path         # the release folder (output)
+
+
+def read_json(path: Path, fix: str) -> dict[str, Any]:
+    try:
+        return json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path} is missing or unreadable ({type(exc).__name__}): {fix}") \
+            from None
+
+
+def confusions(path: Path) -> Counter[tuple[str, str]]:
+    """(actual, predicted) -> test images, from evaluate's confusion CSV."""
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            return Counter((r["actual"], r["predicted"]) for r in csv.DictReader(f))
+    except (OSError, KeyError, csv.Error) as exc:
+        raise UserError(f"{path} is missing or unreadable ({type(exc).__name__}): "
+                        "run `dvc repro evaluate`") from None
+
+
+def package(models: list[ReleasePaths], prepared: Path, params: PackageParams,
+            evaluation: EvaluateParams) -> list[Agreement]:
+    test = load_split(prepared, "test")
+    counts = read_stats(prepared)["counts"]
+    out = []
+    for m in models:
+        model, meta = load_checkpoint(m.checkpoint, spec(m.name).stage)
+        if meta["model"] != m.name:
+            raise UserError(f"{m.checkpoint}/meta.json describes a '{meta['model']}', not "
+                            f"a '{m.name}': run `dvc repro {spec(m.name).stage}`")
+        metrics = read_json(m.metrics, "run `dvc repro evaluate`")
+        confused = confusions(m.confusion)
+        with atomic_dir(m.out) as tmp:
+            shutil.copyfile(m.checkpoint / "model.pt", tmp / "model.pt")
+            write_json(tmp / "meta.json", {**meta, "tta": evaluation.tta})
+            export_onnx(model, meta, evaluation.tta, tmp / "model.onnx", params.opset)
+            agreement = check_onnx(tmp / "model.onnx", model, meta, test,
+                                   evaluation.batch_size, params.max_logit_diff)
+            write_text(tmp / "README.md", card(meta, metrics, confused, counts, agreement,
+                                               params, m.out.name))
+        out.append(agreement)
+    return out
+
+
+# ---------------------------------------------------------------- the card
+
+
+def _f(x: float) -> str:
+    return f"{x:.4f}"
+
+
+def weakest(metrics: dict[str, Any], confused: Counter[tuple[str, str]],
+            n: int = WEAKEST) -> list[tuple[str, float, list[tuple[str, int]]]]:
+    """The ``n`` classes of lowest test F1, each with the classes it is most often
+    predicted as instead (and how many test images)."""
+    per_class = metrics["test"]["per_class"]
+    worst = sorted(CLASSES, key=lambda c: (per_class[c]["f1"], c))[:n]
+    out = []
+    for c in worst:
+        wrong = sorted(((p, k) for (a, p), k in confused.items() if a == c and p != c),
+                       key=lambda pk: (-pk[1], pk[0]))[:3]
+        out.append((c, per_class[c]["f1"], wrong))
+    return out
+
+
+def card(meta: dict[str, Any], metrics: dict[str, Any], confused: Counter[tuple[str, str]],
+         counts: dict[str, int], agreement: Agreement, params: PackageParams,
+         folder: str) -> str:
+    """The model card, in markdown."""
+    from fmnist.models import build_model
+
+    name, title = meta["model"], meta["title"]
+    test, views = metrics["test"], metrics["test_views"]
+    headline = views["headline"]
+    per_class = test["per_class"]
+    model = build_model(name, meta.get("arch"), where="arch", source="meta.json")
+    lines = [
+        f"# {title} for Fashion-MNIST",
+        "",
+        "<!-- Generated by the pipeline's `package` stage from meta.json, the test "
+        "metrics and the ONNX check; do not edit. -->",
+        "",
+        f"A {title} that classifies 28x28 grayscale images of clothing into the 10 "
+        "classes of Fashion-MNIST: " + ", ".join(CLASSES) + ". "
+        f"Test accuracy **{_f(test['accuracy'])}** on the {counts['test']:,} images of the "
+        "test split (" + ("the mean of each image and its mirror image" if headline == "hflip"
+                          else "one view per image") + ").",
+        "",
+        "| File | What it is |",
+        "|---|---|",
+        "| `model.pt` | PyTorch state dict (load with `fmnist.checkpoint.load_checkpoint`, "
+        "or `fmnist predict`) |",
+        "| `meta.json` | architecture, input normalization, the training params, the "
+        "test-time view |",
+        f"| `model.onnx` | ONNX (opset {params.opset}): float32 `(N, 1, 28, 28)` pixels / 255 "
+        "in, 10 logits out; normalization inside |",
+        "| `README.md` | this card |",
+        "",
+        "## Architecture",
+        "",
+        layer_table(model, title),
+        "",
+        "The network outputs logits; apply a softmax for probabilities.",
+        "",
+        "## Training data",
+        "",
+        "[Fashion-MNIST](https://github.com/zalandoresearch/fashion-mnist) (Xiao, Rasul "
+        "and Vollgraf, 2017): Zalando product photos, trimmed, resized to 28x28, "
+        "negated and grayscale. This model was trained on "
+        f"{counts['train']:,} images"
+        + (f" (with {counts['val']:,} held out for validation)" if counts.get("val")
+           else " (the whole training split, no validation split held out)")
+        + f" and tested once on the {counts['test']:,} test images, used for nothing else.",
+        "",
+        "## Recipe",
+        "",
+        "| Param | Value |",
+        "|---|---|",
+        *[f"| {k} | `{v}` |" for k, v in recipe(meta).items()],
+        "",
+        "## Test results",
+        "",
+        "| View | Accuracy | Loss |",
+        "|---|---:|---:|",
+        *[f"| {label}{' (headline)' if key == headline else ''} | "
+          f"{_f(views[label]['accuracy'])} | {_f(views[label]['loss'])} |"
+          for label, key in (("single", "none"), ("hflip", "hflip")) if label in views],
+        "",
+        f"Headline view: macro F1 {_f(test['macro_f1'])}, weighted F1 "
+        f"{_f(test['weighted_f1'])}, top-2 accuracy {_f(test['top2_accuracy'])}; on the "
+        f"training images: accuracy {_f(metrics['train']['accuracy'])}, loss "
+        f"{_f(metrics['train']['loss'])}.",
+        "",
+        "| Class | Precision | Recall | F1 |",
+        "|---|---:|---:|---:|",
+        *[f"| {c} | {_f(per_class[c]['precision'])} | {_f(per_class[c]['recall'])} | "
+          f"{_f(per_class[c]['f1'])} |" for c in CLASSES],
+        "",
+        "Weakest classes, and what they are mistaken for (test images):",
+        "",
+        *[f"- **{c}** (F1 {_f(f1)}): "
+          + (", ".join(f"{other} {k}" for other, k in wrong) or "no mistakes")
+          for c, f1, wrong in weakest(metrics, confused)],
+        "",
+        "## The ONNX export",
+        "",
+        f"ONNX Runtime against PyTorch (fp32, single view) on all {agreement.images:,} test "
+        f"images: the same class for {agreement.same_class:,}, largest logit difference "
+        f"{agreement.max_abs_logit_diff:.2e} (allowed: < {params.max_logit_diff:g}). The "
+        "graph takes float32 `(N, 1, 28, 28)` pixels / 255 (the input normalization is "
+        "inside), returns the 10 logits, and names the model, its classes and test-time "
+        "view in its metadata (key `fmnist`).",
+        "",
+        "## Intended use and limits",
+        "",
+        "- For: images like the data set's — one garment, shoe or bag, photographed as a "
+        "product on a plain background, as a 28x28 grayscale image with a light object "
+        "on black. `fmnist predict` converts other pictures the data set's way "
+        "(grayscale, invert a light background, trim, resize, centre).",
+        "- Not for: photos of people wearing clothes, street or cluttered scenes, "
+        "several objects at once, classes outside the ten, or any decision about "
+        "people; nothing safety-related. It always answers one of the ten classes, "
+        "however unlike them the input is: a low probability is the only warning.",
+        "- Its weakest classes are listed above with what they are mistaken for: an "
+        "answer among those classes deserves the least trust.",
+        "",
+        "## Licences",
+        "",
+        "- Data: Fashion-MNIST, MIT licence, Copyright (c) 2017 Zalando SE.",
+        "- Code and these weights: MIT licence (the project's `LICENSE`).",
+        "",
+        "## Use and reproduce",
+        "",
+        "```sh",
+        f"fmnist predict {folder} shoe.jpg photos/     # PyTorch",
+        f"fmnist predict {folder}/model.onnx shoe.jpg  # ONNX Runtime, no torch needed",
+        f"make reproduce STAGES={spec(name).stage}  # in a clone of the project: re-train, "
+        "compare bit for bit",
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def recipe(meta: dict[str, Any]) -> dict[str, Any]:
+    """The training params that ran, as the card lists them."""
+    p = meta["params"]
+    augment = p.get("augment", {})
+    out = {
+        "epochs": p["epochs"], "batch size": p["batch_size"],
+        "optimizer": p["optimizer"], "learning rate": p["lr"],
+        "weight decay": p["weight_decay"], "schedule": p["schedule"],
+        "warm-up (of the run)": p["warmup"], "label smoothing": p["label_smoothing"],
+        "weight EMA": p["ema"], "input normalization": p["normalize"],
+        "augmentation": ", ".join(f"{k} {v}" for k, v in augment.items()) or "none",
+        "precision": {"none": "fp32", "bf16": "bf16 mixed", "fp16": "fp16 mixed"}.get(
+            p["amp"], p["amp"]),
+        "device": meta.get("device", p["device"]),
+        "processes": meta.get("world_size", 1),
+        "seed": p["seed"],
+    }
+    return out

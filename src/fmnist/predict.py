@@ -1,0 +1,241 @@
+"""``fmnist predict``: classify image files with a trained model folder or its ONNX export.
+
+The same answer as ``evaluate``: a model folder runs through ``fmnist.inference`` with
+the normalization of its ``meta.json``; the test-time view is ``--tta``, else the one
+recorded with the model (a release folder's ``meta.json``, an ONNX file's metadata),
+else ``params.yaml``'s ``evaluate.tta``. An ONNX file runs on ONNX Runtime alone: this
+module imports torch only for a model folder.
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Protocol
+
+import numpy as np
+
+from fmnist import CLASSES
+from fmnist.common import UserError, first_line
+from fmnist.images import Item, read_inputs
+
+VIEWS = ("none", "hflip")  # as fmnist.inference.VIEWS, without importing torch
+ONNX_META_KEY = "fmnist"   # the ONNX file's metadata entry: a JSON object
+MODEL_FILES = ("model.pt", "meta.json")
+
+
+class Model(Protocol):
+    name: str
+    meta: dict[str, Any]
+
+    def logits(self, images: np.ndarray, view: str) -> np.ndarray:
+        """uint8 (N, 28, 28) -> float32 (N, 10)"""
+
+
+def _meta(folder: Path) -> dict[str, Any]:
+    path = folder / "meta.json"
+    try:
+        meta = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise UserError(f"{path} is unreadable ({first_line(exc, 60)})") from None
+    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
+        raise UserError(f"{path} is not a model's meta.json")
+    return meta
+
+
+class TorchModel:
+    """A model folder: ``model.pt`` and ``meta.json``."""
+
+    def __init__(self, folder: Path, batch_size: int):
+        try:
+            import torch
+        except ImportError as exc:
+            raise UserError(f"a model folder needs PyTorch, which does not import here "
+                            f"({first_line(exc, 60)}); the release folder's model.onnx "
+                            "runs without it") from None
+
+        from fmnist.checkpoint import load_checkpoint
+        from fmnist.inference import input_stats
+        from fmnist.models import spec
+
+        for name in MODEL_FILES:
+            if not (folder / name).is_file():
+                raise UserError(f"{folder}: no {name}; a model folder holds "
+                                f"{' and '.join(MODEL_FILES)} (`dvc pull`, or "
+                                "`dvc artifacts get`)")
+        meta = _meta(folder)
+        self.model, self.meta = load_checkpoint(folder, spec(meta["model"]).stage)
+        self.name = self.meta["model"]
+        self.stats = input_stats(self.meta)
+        self.batch_size = batch_size
+        self.device = torch.device("cpu")
+
+    def logits(self, images: np.ndarray, view: str) -> np.ndarray:
+        import torch
+
+        from fmnist.data import Split
+        from fmnist.inference import predict_logits
+
+        split = Split(torch.from_numpy(images), torch.zeros(len(images), dtype=torch.int64))
+        return predict_logits(self.model, split, self.stats, self.batch_size, self.device,
+                              view=view).numpy()
+
+
+class OnnxModel:
+    """An exported ``model.onnx``: float32 (N, 1, 28, 28) pixels in [0, 1] -> logits; the
+    normalization is in the graph, the model's name and view in its metadata."""
+
+    def __init__(self, path: Path, batch_size: int):
+        try:
+            import onnxruntime as ort
+        except ImportError:
+            raise UserError("ONNX Runtime is not installed: pip install onnxruntime "
+                            "(`make install` does)") from None
+        if not path.is_file():
+            raise UserError(f"{path}: no such file")
+        options = ort.SessionOptions()
+        options.log_severity_level = 3
+        try:
+            self.session = ort.InferenceSession(str(path), options,
+                                                providers=["CPUExecutionProvider"])
+        except Exception as exc:  # onnxruntime raises its own, unexported, types
+            raise UserError(f"{path} is not a loadable ONNX model "
+                            f"({first_line(exc, 80)})") from None
+        try:
+            self.meta = json.loads(self.session.get_modelmeta()
+                                   .custom_metadata_map[ONNX_META_KEY])
+            self.name = self.meta["model"]
+        except (KeyError, TypeError, json.JSONDecodeError):
+            raise UserError(f"{path} is an ONNX model, but not one this project "
+                            "exported (no fmnist metadata)") from None
+        self.input = self.session.get_inputs()[0].name
+        self.batch_size = batch_size
+
+    def _run(self, x: np.ndarray) -> np.ndarray:
+        out = [self.session.run(None, {self.input: x[i:i + self.batch_size]})[0]
+               for i in range(0, len(x), self.batch_size)]
+        return np.concatenate(out) if out else np.empty((0, len(CLASSES)), np.float32)
+
+    def logits(self, images: np.ndarray, view: str) -> np.ndarray:
+        x = images[:, None].astype(np.float32) / np.float32(255)
+        out = self._run(x)
+        if view == "hflip":
+            out = (out + self._run(np.ascontiguousarray(x[..., ::-1]))) / np.float32(2)
+        return out
+
+
+def open_model(path: str | Path, batch_size: int = 1000) -> Model:
+    path = Path(path)
+    if path.is_dir():
+        return TorchModel(path, batch_size)
+    if path.suffix.lower() == ".onnx":
+        return OnnxModel(path, batch_size)
+    if not path.exists():
+        raise UserError(f"{path}: no such model folder or ONNX file")
+    raise UserError(f"{path}: a model is a folder (model.pt and meta.json) or an .onnx file")
+
+
+def default_view(model: Model, params_file: Path) -> str:
+    """The model's recorded view, else params.yaml's ``evaluate.tta``, else none."""
+    recorded = model.meta.get("tta")
+    if recorded in VIEWS:
+        return recorded
+    if params_file.is_file():
+        import yaml
+
+        try:
+            tta = (yaml.safe_load(params_file.read_text()) or {}).get("evaluate", {}).get("tta")
+        except (yaml.YAMLError, AttributeError, OSError):
+            tta = None
+        if tta in VIEWS:
+            return tta
+    return "none"
+
+
+def softmax(logits: np.ndarray) -> np.ndarray:
+    """In float64, as ``evaluate`` computes its probabilities."""
+    z = logits.astype(np.float64)
+    z = np.exp(z - z.max(axis=1, keepdims=True))
+    return z / z.sum(axis=1, keepdims=True)
+
+
+@dataclass(frozen=True)
+class Prediction:
+    file: str
+    top: list[tuple[str, float]]  # (class, probability), most probable first
+
+    @property
+    def label(self) -> str:
+        return self.top[0][0]
+
+
+def predict(model: Model, items: list[Item], view: str, top: int) -> list[Prediction]:
+    if not items:
+        return []
+    probs = softmax(model.logits(np.stack([i.image for i in items]), view))
+    order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
+    # argsort's first is argmax's (the first of equal maxima), as evaluate's
+    return [Prediction(item.name,
+                       [(CLASSES[c], float(p[c])) for c in row])
+            for item, p, row in zip(items, probs, order, strict=True)]
+
+
+# ---------------------------------------------------------------- output
+
+
+def as_table(preds: list[Prediction], top: int) -> str:
+    heads = ["file", "class", "probability"]
+    for k in range(2, top + 1):
+        heads += ["runner-up" if k == 2 else f"#{k}", "probability"]
+    rows = [[p.file] + [f for c, q in p.top for f in (c, f"{q:.3f}")] for p in preds]
+    widths = [max(len(r[i]) for r in [heads, *rows]) for i in range(len(heads))]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(heads, widths, strict=True)).rstrip()]
+    lines += ["  ".join(v.ljust(w) for v, w in zip(r, widths, strict=False)).rstrip()
+              for r in rows]
+    return "\n".join(lines) + "\n"
+
+
+def as_csv(preds: list[Prediction], top: int) -> str:
+    buf = io.StringIO()
+    w = csv.writer(buf, lineterminator="\n")
+    heads = ["file", "class", "probability"]
+    for k in range(2, top + 1):
+        heads += [f"class_{k}", f"probability_{k}"]
+    w.writerow(heads)
+    w.writerows([p.file] + [f for c, q in p.top for f in (c, repr(q))] for p in preds)
+    return buf.getvalue()
+
+
+def as_json(preds: list[Prediction], model: Model, view: str, errors: list[str]) -> str:
+    return json.dumps({
+        "model": model.name, "view": view,
+        "predictions": [{"file": p.file, "class": p.label, "probability": p.top[0][1],
+                         "top": [{"class": c, "probability": q} for c, q in p.top]}
+                        for p in preds],
+        "errors": errors,
+    }, indent=1) + "\n"
+
+
+def run(model_path: Path, inputs: list[str], view: str | None, convert: bool, top: int,
+        fmt: str, batch_size: int, params_file: Path) -> int:
+    """The command: predictions on stdout, one line per failed input on stderr; exit
+    code 1 when any input failed (the others are still reported)."""
+    if not 1 <= top <= len(CLASSES):
+        raise UserError(f"--top must be between 1 and {len(CLASSES)}")
+    if batch_size < 1:
+        raise UserError("--batch-size must be at least 1")
+    model = open_model(model_path, batch_size)
+    view = view or default_view(model, params_file)
+    items, errors = read_inputs(inputs, convert)
+    preds = predict(model, items, view, top)
+    out = {"table": lambda: as_table(preds, top) if preds else "",
+           "csv": lambda: as_csv(preds, top),
+           "json": lambda: as_json(preds, model, view, errors)}[fmt]()
+    sys.stdout.write(out)
+    for line in errors:
+        print(f"fmnist predict: {line}", file=sys.stderr)
+    return 1 if errors else 0

@@ -1,0 +1,150 @@
+"""The `package` stage: a release folder per model whose card states the metrics files'
+numbers, and an ONNX export in standard operators, the same bytes run to run, that
+agrees with PyTorch."""
+
+from __future__ import annotations
+
+import json
+import re
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+import torch
+
+from fmnist import CLASSES
+from fmnist.common import UserError
+from fmnist.data import Split
+from fmnist.export import LRNOps, check_onnx, export_form, export_onnx
+from fmnist.models import LocalResponseNorm, build_model
+from fmnist.package import FILES
+from fmnist.predict import OnnxModel
+from tests.support import file_sha256
+
+# ---------------------------------------------------------------- the release folders
+
+
+def numbers(text: str) -> list[str]:
+    """Every decimal written with four places (how the card writes metrics)."""
+    return re.findall(r"(?<![\d.])\d+\.\d{4}(?!\d)", text)
+
+
+def leaves(tree, prefix=""):
+    if isinstance(tree, dict):
+        for k, v in tree.items():
+            yield from leaves(v, f"{prefix}.{k}" if prefix else k)
+    else:
+        yield prefix, tree
+
+
+@pytest.mark.parametrize("name", ["lenet", "alexnet"])
+def test_release_folder_holds_weights_meta_onnx_and_a_card_of_the_metrics(packaged_template,
+                                                                          name):
+    wd = packaged_template
+    out = wd / "dist" / name
+    assert sorted(p.name for p in out.iterdir()) == sorted(FILES)
+    assert file_sha256(out / "model.pt") == file_sha256(wd / "models" / name / "model.pt")
+    meta = json.loads((out / "meta.json").read_text())
+    trained = json.loads((wd / "models" / name / "meta.json").read_text())
+    params_tta = re.search(r"\n  tta: (\w+)", (wd / "params.yaml").read_text()).group(1)
+    assert meta == {**trained, "tta": params_tta}
+
+    card = (out / "README.md").read_text()
+    metrics = json.loads((wd / f"metrics/{name}.json").read_text())
+    values = {f"{v:.4f}" for _, v in leaves(metrics) if isinstance(v, float)}
+    # every 4-place number of the card's results is one of the metrics file's values...
+    results = card[card.index("## Test results"):card.index("\n## ", card.index("## Test results"))]
+    assert set(numbers(results)) <= values, set(numbers(results)) - values
+    assert len(numbers(results)) >= 4 + 3 * len(CLASSES) + 5
+    # ...and the ones that must be there are, in their places
+    test, views = metrics["test"], metrics["test_views"]
+    assert f"Test accuracy **{test['accuracy']:.4f}**" in card
+    assert f"| single | {views['single']['accuracy']:.4f} | {views['single']['loss']:.4f} |" \
+        in card
+    for c in CLASSES:
+        pc = test["per_class"][c]
+        assert f"| {c} | {pc['precision']:.4f} | {pc['recall']:.4f} | {pc['f1']:.4f} |" in card
+    assert f"**Total trainable** | | **{metrics['trainable_params']:,}**" in card
+    # the weakest class, and its most frequent confusion, from the confusion CSV
+    worst = min(CLASSES, key=lambda c: (test["per_class"][c]["f1"], c))
+    rows = [line.split(",") for line in
+            (wd / f"metrics/confusion/{name}.csv").read_text().splitlines()[1:]]
+    wrong = [p for a, p in rows if a == worst and p != worst]
+    top = max(sorted(set(wrong)), key=wrong.count) if wrong else None
+    line = next(x for x in card.splitlines() if x.startswith(f"- **{worst}** (F1"))
+    assert top is None or f"{top} {wrong.count(top)}" in line
+    assert "MIT" in card and "make reproduce STAGES=train-" in card
+    assert str(wd) not in card and "/tmp" not in card
+
+
+# ---------------------------------------------------------------- the ONNX export
+
+
+@pytest.fixture(scope="module")
+def alexnet() -> tuple[torch.nn.Module, dict]:
+    torch.manual_seed(0)
+    arch = {"channels": [8, 16, 16, 16, 8], "fc": 32, "dropout": 0.5, "lrn": True,
+            "lrn_size": 5}
+    model = build_model("alexnet", arch).eval()
+    meta = {"model": "alexnet", "title": "Scaled-down AlexNet", "arch": arch,
+            "normalize": {"mean": 0.29, "std": 0.35}}
+    return model, meta
+
+
+def random_split(n: int = 300) -> Split:
+    g = torch.Generator().manual_seed(1)
+    return Split(torch.randint(0, 256, (n, 28, 28), dtype=torch.uint8, generator=g),
+                 torch.zeros(n, dtype=torch.int64))
+
+
+def test_export_form_computes_what_the_model_does(alexnet):
+    model, _ = alexnet
+    form = export_form(model)
+    assert not any(isinstance(m, LocalResponseNorm) for m in form.modules())
+    assert sum(isinstance(m, LRNOps) for m in form.modules()) == 2
+    x = torch.randn(16, 1, 28, 28)
+    with torch.no_grad():
+        assert torch.allclose(form(x), model(x), atol=1e-5, rtol=1e-5)
+    # an even window, which ONNX's own LRN would centre differently
+    lrn = LocalResponseNorm(4)
+    with torch.no_grad():
+        ops = LRNOps(lrn, 8)
+        y = torch.rand(3, 8, 5, 5)
+        assert torch.allclose(ops(y), torch.nn.LocalResponseNorm(4)(y), atol=1e-6)
+
+
+def test_onnx_export_is_standard_deterministic_and_agrees_with_pytorch(alexnet, tmp_path):
+    model, meta = alexnet
+    a, b = tmp_path / "a.onnx", tmp_path / "b.onnx"
+    export_onnx(model, meta, "hflip", a, opset=18)
+    export_onnx(model, meta, "hflip", b, opset=18)
+    assert a.read_bytes() == b.read_bytes()
+    proto = onnx.load(str(a))
+    ops = {(n.domain, n.op_type) for n in proto.graph.node}
+    assert {d for d, _ in ops} <= {"", "ai.onnx"}, ops  # the standard domain only
+    assert {"Conv", "Pow", "MaxPool", "Relu", "Gemm"} <= {op for _, op in ops}
+    assert not {"Dropout", "PythonOp", "ATen"} & {op for _, op in ops}
+    assert b"/tmp" not in a.read_bytes() and str(Path.cwd()).encode() not in a.read_bytes()
+    assert "+" not in proto.producer_version
+    stored = json.loads({p.key: p.value for p in proto.metadata_props}["fmnist"])
+    assert stored["model"] == "alexnet" and stored["tta"] == "hflip"
+    assert stored["classes"] == list(CLASSES)
+
+    split = random_split()
+    agreement = check_onnx(a, model, meta, split, batch_size=128, tolerance=1e-4)
+    assert agreement.same_class == agreement.images == len(split)
+    assert agreement.max_abs_logit_diff < 1e-4
+    # any batch size: the batch dimension is dynamic
+    logits = OnnxModel(a, 7).logits(split.images[:20].numpy(), "none")
+    assert logits.shape == (20, 10) and np.isfinite(logits).all()
+
+
+def test_an_export_that_disagrees_with_pytorch_is_refused(alexnet, tmp_path, monkeypatch):
+    model, meta = alexnet
+    # an export whose LRN is wrong (k + 1): the check on the split catches it
+    monkeypatch.setattr(LRNOps, "forward", lambda self, x: x * (
+        torch.nn.functional.conv2d(x * x, self.window) + self.k + 1).pow(-self.beta))
+    export_onnx(model, meta, "none", tmp_path / "bad.onnx", opset=18)
+    with pytest.raises(UserError, match="ONNX Runtime disagrees with PyTorch"):
+        check_onnx(tmp_path / "bad.onnx", model, meta, random_split(), 128, 1e-4)
