@@ -50,7 +50,7 @@ check-lock: install
 plots: install
 	python -m tools.plots_page --out dvc_plots/offline.html $(REVS)
 
-# Pipeline validation alone: all five stages with real `dvc repro` on tiny synthetic
+# Pipeline validation alone: all six stages with real `dvc repro` on tiny synthetic
 # data in a temporary repo, `dvc dag`, every dep and out there, `dvc status` clean
 smoke: install
 	pytest -q tests/test_pipeline.py -k full_pipeline_then_nothing_reruns
