@@ -15,9 +15,12 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast bench lint data sshd install smoke reproduce check-lock plots clean
+.PHONY: run test test-fast bench lint data sshd install lock smoke reproduce check-lock plots clean
 
+# Params first: DVC removes a stage's outputs before running it, even when the stage
+# then refuses its params
 run: install data
+	fmnist check-params
 	dvc repro
 
 # One worker per core (pytest-xdist); a module's tests stay on one worker, so that what
@@ -43,6 +46,7 @@ lint: install
 # Does the committed dvc.lock hold this code's and params' results? No data needed;
 # exit 1 naming each stale stage and why (CI runs it)
 check-lock: install
+	fmnist check-params
 	python -m tools.check_lock
 
 # `dvc plots diff $(REVS)` as one HTML page that draws with no network (each chart rendered
@@ -62,11 +66,18 @@ reproduce: install data
 
 install: $(STAMP)
 
-$(STAMP): pyproject.toml
+# Exactly requirements.lock: every package at its locked version, each file checked
+# against its hash, nothing resolved; then the project itself, with no dependencies.
+$(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
-	$(VENV)/bin/python -m pip install -q --upgrade pip
-	$(VENV)/bin/python -m pip install -q -e '.[dev]'
+	$(VENV)/bin/python -m pip install -q --require-hashes --no-deps -r requirements.lock
+	$(VENV)/bin/python -m pip install -q --no-deps --no-build-isolation -e .
+	$(VENV)/bin/python -m tools.lock --check
 	touch $@
+
+# Re-resolve requirements.lock after editing pyproject.toml's pins (uv, from pip's sources)
+lock: install
+	python -m tools.lock
 
 # The real data from Debian's package, where apt is there and the data is not.
 data:

@@ -127,6 +127,7 @@ def leaf_keys(tree: dict, prefix: str = "") -> list[str]:
 
 PARAMS = yaml.safe_load((ROOT / "params.yaml").read_text())
 SECTION_LOADER = {"download": "download", "preprocess": "preprocess", "evaluate": "evaluate",
+                  "package": "package",
                   "runtime": "runtime", **{s.section: s.stage for s in MODELS.values()}}
 
 

@@ -9,6 +9,7 @@ training stage's deps and params: no times, hosts or paths.
 from __future__ import annotations
 
 import json
+import math
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +31,8 @@ def cpu_state_dict(model: nn.Module) -> dict[str, torch.Tensor]:
 
 
 def save_model(model: nn.Module, meta: dict[str, Any], out_dir: Path) -> None:
+    """Write model.pt and meta.json into ``out_dir``: a folder built aside (an
+    ``OutputSet``'s), swapped in whole by the caller."""
     out_dir.mkdir(parents=True, exist_ok=True)
     save_torch(cpu_state_dict(model), out_dir / "model.pt")
     write_json(out_dir / "meta.json", meta)
@@ -57,16 +60,41 @@ def _read_weights(path: Path, fix: str) -> dict[str, torch.Tensor]:
     return state
 
 
-def load_checkpoint(model_dir: str | Path, stage: str) -> tuple[nn.Module, dict[str, Any]]:
-    """Rebuild a trained model from ``model_dir``; every failure is one line naming the
-    file and the fix (re-running or pulling ``stage``)."""
+def _check_normalize(meta: dict[str, Any], path: Path, fix: str) -> None:
+    norm = meta.get("normalize")
+    if norm is None:
+        return
+    try:
+        mean, std = float(norm["mean"]), float(norm["std"])
+    except (TypeError, KeyError, ValueError):
+        raise UserError(f"{path}: normalize must hold a mean and a std; {fix}") from None
+    if not (math.isfinite(mean) and math.isfinite(std) and std > 0):
+        raise UserError(f"{path}: normalize needs a finite mean and a finite std > 0 "
+                        f"(got mean {mean}, std {std}); {fix}")
+
+
+def load_checkpoint(model_dir: str | Path,
+                    name: str | None = None) -> tuple[nn.Module, dict[str, Any]]:
+    """Rebuild a trained model from ``model_dir``, which must hold model ``name`` where
+    one is given; every failure is one line naming the file and the fix (re-running or
+    pulling the model's training stage)."""
+    from fmnist.models import spec
+
     model_dir = Path(model_dir)
     meta_path, weights = model_dir / "meta.json", model_dir / "model.pt"
+    stage = spec(name).stage if name else "train-NAME"
     fix = f"re-run `dvc repro {stage}` (or `dvc pull {stage}`)"
     if not meta_path.exists() or not weights.exists():
         raise UserError(f"no checkpoint in {model_dir}: run `dvc repro {stage}` first "
                         f"(or `dvc pull {stage}`)")
     meta = _read_meta(meta_path, fix)
+    if name is not None and meta["model"] != name:
+        raise UserError(f"{meta_path} describes a '{meta['model']}', not the '{name}' this "
+                        f"folder must hold; {fix}")
+    if name is None:
+        stage = spec(meta["model"]).stage
+        fix = f"re-run `dvc repro {stage}` (or `dvc pull {stage}`)"
+    _check_normalize(meta, meta_path, fix)
     model = build_model(meta["model"], meta.get("arch"), where="arch", source=meta_path)
     state = _read_weights(weights, fix)
     try:

@@ -2,6 +2,7 @@
 
     fmnist reproduce [--stages train-lenet train-alexnet]   # re-train, compare bit for bit
     fmnist presets writeup                                  # a preset as dvc -S arguments
+    fmnist check-params                                     # validate params.yaml, run nothing
     fmnist predict models/alexnet shoe.jpg photos/          # classify image files
     fmnist predict dist/alexnet/model.onnx test.npy --json  # on ONNX Runtime, no torch
 
@@ -38,6 +39,28 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _check_params(args: argparse.Namespace) -> int:
+    from fmnist.models import MODELS
+    from fmnist.params import (
+        DownloadParams,
+        EvaluateParams,
+        PackageParams,
+        PreprocessParams,
+        load_runtime,
+        load_section,
+    )
+
+    sections = {"download": DownloadParams, "preprocess": PreprocessParams,
+                "evaluate": EvaluateParams, "package": PackageParams}
+    for section, schema in sections.items():
+        load_section(section, schema, args.params)
+    for s in MODELS.values():
+        s.load_params(args.params)
+    load_runtime(args.params)
+    print(f"{args.params}: every section is valid")
+    return 0
+
+
 def _predict(args: argparse.Namespace) -> int:
     from fmnist.predict import run
 
@@ -67,6 +90,14 @@ def parser() -> argparse.ArgumentParser:
                        description="dvc exp run -n writeup $(fmnist presets writeup)")
     p.add_argument("preset", help="a name in presets/ or a path to a YAML file")
     p.set_defaults(run=_presets)
+    p = sub.add_parser("check-params", help="validate every section of params.yaml, "
+                       "running nothing",
+                       description="Validate every section as the stages will: a bad value "
+                       "is one line naming the key. `make run` runs this before `dvc repro`, "
+                       "so that DVC never removes a stage's outputs for a run that would "
+                       "refuse its params.")
+    p.add_argument("--params", type=Path, default=Path("params.yaml"))
+    p.set_defaults(run=_check_params)
     p = sub.add_parser(
         "predict", help="classify image files with a model folder or an ONNX file",
         formatter_class=argparse.RawDescriptionHelpFormatter,

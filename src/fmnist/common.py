@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 from collections.abc import Callable
 from typing import NoReturn
@@ -13,6 +14,16 @@ class UserError(Exception):
 
     Stages print its message as one line and exit non-zero, without a traceback.
     """
+
+
+class ParamsError(UserError):
+    """A params file that cannot be used: a bad value, a missing key, invalid YAML."""
+
+
+# Said after a ParamsError in a stage that DVC runs: DVC removed the stage's outputs
+# before it started the command
+RECOVERY = ("; DVC removed this stage's outputs before running it: fix the value (or "
+            "`git checkout params.yaml`), then `dvc checkout` restores them from the cache")
 
 
 def first_line(exc: BaseException, limit: int = 100) -> str:
@@ -30,13 +41,40 @@ class StageArgumentParser(argparse.ArgumentParser):
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
 
 
+# Set by relaunch_under_torchrun for its ranks: where a rank's one-line error goes, so
+# that the launcher ends with that line instead of torchrun's multi-line summary
+ERROR_FILE_ENV = "FMNIST_ERROR_FILE"
+
+
+def report_to_launcher(message: str) -> None:
+    path = os.environ.get(ERROR_FILE_ENV)
+    if not path:
+        return
+    try:  # the first rank to fail is the one reported
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o644)
+    except OSError:
+        return
+    with os.fdopen(fd, "w", encoding="utf-8") as f:
+        f.write(message.replace("\n", " ") + "\n")
+
+
+def fail(message: str) -> NoReturn:
+    print(f"error: {message}", file=sys.stderr)
+    report_to_launcher(message)
+    sys.exit(2)
+
+
 def run_stage(main: Callable[[], None]) -> None:
     """Run a stage's ``main``; a UserError becomes one line on stderr and exit code 2."""
     try:
         main()
     except UserError as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        sys.exit(2)
+        hint = RECOVERY if isinstance(exc, ParamsError) and os.environ.get("DVC_STAGE") else ""
+        fail(f"{exc}{hint}")
+    except OSError as exc:  # the machine's, not the code's: a full disk, a lost mount
+        where = f"{exc.filename}: " if exc.filename else ""
+        fail(f"{where}{exc.strerror or first_line(exc)} (outputs are built aside and "
+             "swapped in: the previous ones are as they were)")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

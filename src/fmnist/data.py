@@ -8,6 +8,7 @@ memory and batch by indexing, with no per-sample Python work. Training's own bat
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -59,6 +60,9 @@ def check_prepared(prepared: str | Path, files: tuple[str, ...] = TRAINING_FILES
 
 
 def load_split(prepared: str | Path, split: str) -> Split:
+    """One split of the prepared store, checked: uint8 28x28 images, int64 labels in
+    0..9, one per image, as many as stats.json records."""
+    name = split
     path = Path(prepared) / f"{split}.pt"
     check_prepared(prepared, (path.name,))
     try:
@@ -70,11 +74,30 @@ def load_split(prepared: str | Path, split: str) -> Split:
     if not isinstance(split.images, torch.Tensor) or not isinstance(split.labels, torch.Tensor):
         raise UserError(f"{path} does not hold image and label tensors: run "
                         "`dvc repro preprocess`")
-    if split.images.dtype != torch.uint8 or split.images.shape[1:] != (28, 28) \
+    fix = "run `dvc repro preprocess` (or `dvc pull preprocess`)"
+    if split.images.dtype != torch.uint8 or split.images.dim() != 3 \
+            or split.images.shape[1:] != (28, 28) or split.labels.dim() != 1 \
             or len(split.images) != len(split.labels):
-        raise UserError(f"{path} does not hold 28x28 uint8 images with one label each: "
-                        "run `dvc repro preprocess`")
+        raise UserError(f"{path} does not hold 28x28 uint8 images with one label each: {fix}")
+    if split.labels.dtype != torch.int64:
+        raise UserError(f"{path}: labels are {split.labels.dtype}, not int64: {fix}")
+    if len(split.labels) and not 0 <= int(split.labels.min()) <= int(split.labels.max()) \
+            < len(CLASSES):
+        bad = split.labels[(split.labels < 0) | (split.labels >= len(CLASSES))][0]
+        raise UserError(f"{path}: label {int(bad)} is outside 0..{len(CLASSES) - 1}: {fix}")
+    counts = _stats_counts(prepared)
+    if name in counts and counts[name] != len(split):
+        raise UserError(f"{path} holds {len(split)} images where {STATS_FILE} says "
+                        f"{counts[name]}: the prepared store is a mix of two runs; {fix}")
     return split
+
+
+def _stats_counts(prepared: str | Path) -> dict[str, int]:
+    """The split sizes stats.json records (empty where it is not there: the split's own
+    checks still run)."""
+    if not (Path(prepared) / STATS_FILE).exists():
+        return {}
+    return read_stats(prepared)["counts"]
 
 
 def read_stats(prepared: str | Path) -> dict[str, Any]:
@@ -84,11 +107,17 @@ def read_stats(prepared: str | Path) -> dict[str, Any]:
     check_prepared(prepared, (STATS_FILE,))
     try:
         d = json.loads(path.read_text(encoding="utf-8"))
-        return {"mean": float(d["mean"]), "std": float(d["std"]),
-                "counts": {k: int(v) for k, v in d["counts"].items()}}
+        out = {"mean": float(d["mean"]), "std": float(d["std"]),
+               "counts": {k: int(v) for k, v in d["counts"].items()}}
     except (ValueError, KeyError, TypeError, AttributeError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is unreadable ({type(exc).__name__}): run "
                         "`dvc repro preprocess`") from None
+    if not (math.isfinite(out["mean"]) and math.isfinite(out["std"]) and out["std"] > 0):
+        raise UserError(f"{path}: the pixel statistics must be finite with std > 0 (got "
+                        f"mean {out['mean']}, std {out['std']}): run `dvc repro preprocess`")
+    if any(v < 0 for v in out["counts"].values()):
+        raise UserError(f"{path}: negative split sizes: run `dvc repro preprocess`")
+    return out
 
 
 def load_stats(prepared: str | Path) -> Stats:
@@ -101,6 +130,9 @@ def write_prepared(out: Path, train: tuple[np.ndarray, np.ndarray],
                    test: tuple[np.ndarray, np.ndarray]) -> dict:
     """Write the three splits and the training split's pixel statistics (in [0, 1] units)."""
     pixels = train[0].astype(np.float64) / 255.0
+    if pixels.size and pixels.std() == 0:
+        raise UserError("the training images are all one value (pixel std 0): no input "
+                        "normalization is possible; check the raw data (`dvc repro download`)")
     stats = {
         "mean": float(pixels.mean()) if pixels.size else 0.0,
         "std": float(pixels.std()) if pixels.size else 1.0,

@@ -25,9 +25,8 @@ from sklearn.metrics import (
 from fmnist import CLASSES, NUM_CLASSES
 from fmnist.checkpoint import load_checkpoint
 from fmnist.data import Split, load_split, read_stats
-from fmnist.files import write_json, write_text
+from fmnist.files import OutputSet, write_json, write_text
 from fmnist.inference import VIEWS, input_stats, predict_logits
-from fmnist.models import spec
 from fmnist.params import EvaluateParams
 from fmnist.runtime import resolve_device
 
@@ -108,9 +107,11 @@ def write_figures(m: ModelPaths, title: str, cm: np.ndarray, test: Split, probs:
     return written
 
 
-def evaluate_model(m: ModelPaths, train: Split, test: Split, params: EvaluateParams,
-                   fig_dir: Path, device: torch.device) -> dict[str, Any]:
-    model, meta = load_checkpoint(m.checkpoint, spec(m.name).stage)
+def evaluate_model(m: ModelPaths, model: torch.nn.Module, meta: dict[str, Any], train: Split,
+                   test: Split, params: EvaluateParams, out: OutputSet, fig_dir: Path,
+                   device: torch.device) -> dict[str, Any]:
+    """Score one loaded model; its files go to ``out``'s temporary paths (``fig_dir`` is
+    the figures' temporary folder)."""
     y_train, y_test = train.labels.numpy(), test.labels.numpy()
     train_scores = scores(y_train, probabilities(model, train, meta, params, device))
     # Both views of the test set, always: the headline is the one params.tta names
@@ -120,7 +121,7 @@ def evaluate_model(m: ModelPaths, train: Split, test: Split, params: EvaluatePar
     pred = test_probs.argmax(1)
     cm = confusion_matrix(y_test, pred, labels=LABELS)
 
-    write_confusion_csv(m.confusion, y_test, pred)
+    write_confusion_csv(out.file(m.confusion), y_test, pred)
     figures_written = write_figures(m, meta["title"], cm, test, test_probs, params, fig_dir)
     metrics = {
         "trainable_params": meta["trainable_params"],
@@ -133,17 +134,25 @@ def evaluate_model(m: ModelPaths, train: Split, test: Split, params: EvaluatePar
                                                      "loss": s["loss"]}
             for view, s in view_scores.items()}},
     }
-    write_json(m.metrics, metrics)
+    write_json(out.file(m.metrics), metrics)
     return {"name": m.name, "meta": meta, "metrics": metrics, "confusion": cm.tolist(),
             "figures": figures_written}
 
 
 def evaluate(models: list[ModelPaths], params: EvaluateParams, prepared: Path,
              fig_dir: Path, report: Path) -> list[dict]:
+    """Every model and the data are loaded and checked before anything is written; then
+    the metrics, confusion data, figures and report are built aside and swapped in as
+    one set (a failure or a kill leaves the previous set)."""
     from fmnist.report import write_report
 
     device = resolve_device(params.device)
     train, test = load_split(prepared, "train"), load_split(prepared, "test")
-    results = [evaluate_model(m, train, test, params, fig_dir, device) for m in models]
-    write_report(results, report, read_stats(prepared)["counts"], fig_dir)
+    counts = read_stats(prepared)["counts"]
+    loaded = [load_checkpoint(m.checkpoint, m.name) for m in models]
+    with OutputSet(report.with_name(f".{report.name}.commit.json")) as out:
+        figures = out.dir(fig_dir)
+        results = [evaluate_model(m, model, meta, train, test, params, out, figures, device)
+                   for m, (model, meta) in zip(models, loaded, strict=True)]
+        write_report(results, out.file(report), counts, fig_dir, report)
     return results

@@ -9,7 +9,9 @@ interrupted or is killed.
 from __future__ import annotations
 
 import contextlib
+import glob
 import json
+import math
 import os
 import pickle
 import shutil
@@ -19,7 +21,84 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
-from fmnist.common import first_line
+from fmnist.common import UserError, first_line
+
+
+def _part(path: Path) -> tuple[str, str]:
+    """mkstemp's prefix and suffix for a temporary sibling of ``path``: the writer's pid
+    is in the name, so that the next run can tell a dead writer's leftovers."""
+    return f".{path.name}.{os.getpid()}.", ".part"
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def _remove(path: Path) -> None:
+    if path.is_dir() and not path.is_symlink():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+
+
+def sweep(path: str | os.PathLike[str]) -> None:
+    """Remove what a killed writer of ``path`` left beside it: its temporary ``.part``
+    files or folders (those of a writer that is still running stay), and the old
+    folder of a swap cut in the middle (put back where the new one never arrived)."""
+    path = Path(path)
+    if not path.parent.is_dir():
+        return
+    for stray in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
+        pid = stray.name[len(path.name) + 2:].split(".")[0]
+        if not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+            _remove(stray)
+    old = path.with_name(f".{path.name}.old")
+    if old.exists():
+        if path.exists():
+            _remove(old)
+        else:
+            os.replace(old, path)
+
+
+def _exchange(a: Path, b: Path) -> bool:
+    """Swap two paths in one step (Linux's renameat2 with RENAME_EXCHANGE); False where
+    the system or the file system does not offer it."""
+    import ctypes
+    import errno
+
+    try:
+        renameat2 = ctypes.CDLL(None, use_errno=True).renameat2
+    except (AttributeError, OSError):
+        return False
+    at_fdcwd, rename_exchange = -100, 2
+    if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
+        return True
+    err = ctypes.get_errno()
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+        return False
+    raise OSError(err, os.strerror(err), str(b))
+
+
+def swap_in(tmp: Path, path: Path) -> None:
+    """Put ``tmp`` (a file or a folder) where ``path`` is, in one step where the system
+    allows: a reader sees the old or the new, never a mix or, with folders, nothing."""
+    if path.is_dir() and not path.is_symlink():
+        if _exchange(tmp, path):
+            _remove(tmp)  # now the old folder
+            return
+        old = path.with_name(f".{path.name}.old")  # two renames; sweep() repairs a cut
+        _remove(old)
+        os.replace(path, old)
+        os.replace(tmp, path)
+        _remove(old)
+    else:
+        os.replace(tmp, path)
 
 
 @contextlib.contextmanager
@@ -27,7 +106,9 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """Yield a temporary path next to ``path``; rename it over ``path`` only on success."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent)
+    sweep(path)
+    prefix, suffix = _part(path)
+    fd, tmp = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
     os.close(fd)
     tmp_path = Path(tmp)
     os.chmod(tmp_path, 0o644)  # mkstemp's 0600 would surprise whoever shares the outputs
@@ -46,20 +127,126 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.", suffix=".part", dir=path.parent))
+    sweep(path)
+    prefix, suffix = _part(path)
+    tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
     os.chmod(tmp, 0o755)
     try:
         yield tmp
-        old = None
-        if path.exists():
-            old = path.with_name(f".{path.name}.old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(path, old)
-        os.replace(tmp, path)
-        if old is not None:
-            shutil.rmtree(old, ignore_errors=True)
+        swap_in(tmp, path)
     finally:
-        shutil.rmtree(tmp, ignore_errors=True)
+        _remove(tmp)
+
+
+class OutputSet:
+    """A stage's outputs built aside and swapped in together, or not at all.
+
+        with OutputSet(journal) as out:
+            write_json(out.file(metrics), ...)    # temporary paths beside the targets
+            figures(out.dir(fig_dir))
+        # on success every target is swapped in; on an exception none is
+
+    Swapping several paths is not one step: the pairs are written to ``journal`` first,
+    and a run killed while swapping is completed (rolled forward) by the next
+    ``OutputSet`` on the same journal, before it does anything else. Leftovers of a
+    killed run's temporary paths are removed as in ``sweep``.
+    """
+
+    def __init__(self, journal: str | os.PathLike[str]):
+        self.journal = Path(journal)
+        self.staged: list[tuple[Path, Path]] = []
+        recover(self.journal)
+
+    def _stage(self, path: str | os.PathLike[str], folder: bool) -> Path:
+        path = Path(path)
+        path.parent.mkdir(parents=True, exist_ok=True)
+        sweep(path)
+        prefix, suffix = _part(path)
+        if folder:
+            tmp = Path(tempfile.mkdtemp(prefix=prefix, suffix=suffix, dir=path.parent))
+            os.chmod(tmp, 0o755)
+        else:
+            fd, name = tempfile.mkstemp(prefix=prefix, suffix=suffix, dir=path.parent)
+            os.close(fd)
+            tmp = Path(name)
+            os.chmod(tmp, 0o644)
+        self.staged.append((tmp, path))
+        return tmp
+
+    def file(self, path: str | os.PathLike[str]) -> Path:
+        return self._stage(path, folder=False)
+
+    def dir(self, path: str | os.PathLike[str]) -> Path:
+        return self._stage(path, folder=True)
+
+    def commit(self) -> None:
+        with atomic_path(self.journal) as tmp:
+            tmp.write_text(json.dumps([[str(t), str(p)] for t, p in self.staged]))
+        for tmp, path in self.staged:
+            swap_in(tmp, path)
+        self.journal.unlink()
+        self.staged = []
+
+    def discard(self) -> None:
+        for tmp, _ in self.staged:
+            _remove(tmp)
+        self.staged = []
+
+    def __enter__(self) -> OutputSet:
+        return self
+
+    def __exit__(self, kind, exc, tb) -> None:
+        if kind is None:
+            self.commit()
+        else:
+            self.discard()
+
+
+def recover(journal: str | os.PathLike[str]) -> None:
+    """Finish the swaps of an ``OutputSet`` whose run was killed while swapping."""
+    journal = Path(journal)
+    if not journal.exists():
+        return
+    try:
+        pairs = json.loads(journal.read_text())
+    except (OSError, ValueError):
+        pairs = []
+    for tmp, path in pairs:
+        if Path(tmp).exists():
+            swap_in(Path(tmp), Path(path))
+    journal.unlink(missing_ok=True)
+
+
+PROBE_BYTES = 1 << 16
+
+
+def check_writable(paths: list[str | os.PathLike[str]], what: str) -> None:
+    """Can each of ``paths`` be written (created, or replaced with a swap)? Probes its
+    folder with a small file (a read-only or full file system, no permission), and an
+    existing target too (an immutable file or folder cannot be swapped out). A one-line
+    UserError says which and that ``what`` did not start."""
+    for path in map(Path, paths):
+        try:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            _probe(path.parent)
+            if path.is_dir() and not path.is_symlink():
+                _probe(path)
+            elif path.exists():
+                os.close(os.open(path, os.O_WRONLY))  # no write: content and mtime stay
+        except OSError as exc:
+            raise UserError(f"cannot write {path} ({exc.strerror or first_line(exc)}): "
+                            f"{what} did not start; free space or fix the permissions") \
+                from None
+
+
+def _probe(folder: Path) -> None:
+    fd, name = tempfile.mkstemp(prefix=f".probe.{os.getpid()}.", suffix=".part", dir=folder)
+    try:
+        os.write(fd, b"\0" * PROBE_BYTES)
+        os.fsync(fd)
+    finally:
+        os.close(fd)
+        os.unlink(name)
 
 
 def write_text(path: str | os.PathLike[str], text: str) -> None:
@@ -67,8 +254,22 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
+def strict(obj: Any) -> Any:
+    """``obj`` with every NaN or infinite float as None: JSON has no NaN or Infinity
+    (Python writes them, strict parsers refuse them). In this project's files a null
+    means "not computed" (no validation split) or "not finite" (a diverged value)."""
+    if isinstance(obj, float):
+        return obj if math.isfinite(obj) else None
+    if isinstance(obj, dict):
+        return {k: strict(v) for k, v in obj.items()}
+    if isinstance(obj, list | tuple):
+        return [strict(v) for v in obj]
+    return obj
+
+
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+    """Strict JSON (see ``strict``), atomically."""
+    write_text(path, json.dumps(strict(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
 
 
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:

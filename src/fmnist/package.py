@@ -69,10 +69,7 @@ def package(models: list[ReleasePaths], prepared: Path, params: PackageParams,
     counts = read_stats(prepared)["counts"]
     out = []
     for m in models:
-        model, meta = load_checkpoint(m.checkpoint, spec(m.name).stage)
-        if meta["model"] != m.name:
-            raise UserError(f"{m.checkpoint}/meta.json describes a '{meta['model']}', not "
-                            f"a '{m.name}': run `dvc repro {spec(m.name).stage}`")
+        model, meta = load_checkpoint(m.checkpoint, m.name)
         metrics = read_json(m.metrics, "run `dvc repro evaluate`")
         confused = confusions(m.confusion)
         with atomic_dir(m.out) as tmp:

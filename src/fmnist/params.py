@@ -34,7 +34,7 @@ from pydantic import (
 )
 
 from fmnist import NUM_CLASSES
-from fmnist.common import UserError
+from fmnist.common import ParamsError, UserError
 
 PARAMS_FILE = "params.yaml"
 M = TypeVar("M", bound=BaseModel)
@@ -226,21 +226,65 @@ def validate(model: type[M], data: Any, where: str, source: str | Path = PARAMS_
     try:
         return model.model_validate(data)
     except ValidationError as err:
-        raise UserError(f"{source}: {format_error(where, err)}") from None
+        raise ParamsError(f"{source}: {format_error(where, err)}") from None
+
+
+# YAML aliases a params file may hold: each can repeat a whole subtree, so a few nested
+# ones expand to gigabytes (a "billion laughs"); params.yaml needs none
+MAX_ALIASES = 16
+
+
+class StrictLoader(yaml.SafeLoader):
+    """YAML as DVC reads params: a duplicate key is an error (PyYAML would keep the last
+    value silently), and aliases are bounded."""
+
+    def __init__(self, stream: str):
+        super().__init__(stream)
+        self.aliases = 0
+
+    def compose_node(self, parent, index):
+        if self.check_event(yaml.AliasEvent):
+            self.aliases += 1
+            if self.aliases > MAX_ALIASES:
+                mark = self.peek_event().start_mark
+                raise yaml.YAMLError(f"line {mark.line + 1}: more than {MAX_ALIASES} "
+                                     "aliases (*name)")
+        return super().compose_node(parent, index)
+
+    def construct_mapping(self, node, deep=False):
+        if isinstance(node, yaml.MappingNode):
+            seen: dict[Any, int] = {}
+            for key_node, _ in node.value:
+                key = self.construct_object(key_node, deep=True)
+                line = key_node.start_mark.line + 1
+                try:
+                    first = seen.setdefault(key, line)
+                except TypeError:  # an unhashable key: the constructor reports it
+                    continue
+                if first != line:
+                    raise yaml.YAMLError(f"line {line}: duplicate key {_short(key)} (first "
+                                         f"at line {first}); one of them must go")
+        return super().construct_mapping(node, deep)
+
+
+def _excerpt(text: str, limit: int = 160) -> str:
+    text = " ".join(text.split())
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
+    """A params file, read strictly (``StrictLoader``)."""
     path = Path(path)
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506
     except FileNotFoundError:
         raise UserError(f"{path} not found: run from the project root") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
     except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
+        raise ParamsError(f"{path} is not valid YAML: {_excerpt(str(exc))}") from None
     if not isinstance(data, dict):
-        raise UserError(f"{path} must hold a mapping of stage sections")
+        raise ParamsError(f"{path} must hold a mapping of stage sections")
     return data
 
 
@@ -248,7 +292,7 @@ def load_section(section: str, model: type[M], path: str | Path = PARAMS_FILE) -
     """Read one section of ``path`` and validate it."""
     data = read_params(path)
     if section not in data:
-        raise UserError(f"{path}: section '{section}' is missing")
+        raise ParamsError(f"{path}: section '{section}' is missing")
     return validate(model, data[section], section, path)
 
 

@@ -36,17 +36,6 @@ class Model(Protocol):
         """uint8 (N, 28, 28) -> float32 (N, 10)"""
 
 
-def _meta(folder: Path) -> dict[str, Any]:
-    path = folder / "meta.json"
-    try:
-        meta = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise UserError(f"{path} is unreadable ({first_line(exc, 60)})") from None
-    if not isinstance(meta, dict) or not isinstance(meta.get("model"), str):
-        raise UserError(f"{path} is not a model's meta.json")
-    return meta
-
-
 class TorchModel:
     """A model folder: ``model.pt`` and ``meta.json``."""
 
@@ -60,15 +49,13 @@ class TorchModel:
 
         from fmnist.checkpoint import load_checkpoint
         from fmnist.inference import input_stats
-        from fmnist.models import spec
 
         for name in MODEL_FILES:
             if not (folder / name).is_file():
                 raise UserError(f"{folder}: no {name}; a model folder holds "
                                 f"{' and '.join(MODEL_FILES)} (`dvc pull`, or "
                                 "`dvc artifacts get`)")
-        meta = _meta(folder)
-        self.model, self.meta = load_checkpoint(folder, spec(meta["model"]).stage)
+        self.model, self.meta = load_checkpoint(folder)
         self.name = self.meta["model"]
         self.stats = input_stats(self.meta)
         self.batch_size = batch_size

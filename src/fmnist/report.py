@@ -132,6 +132,8 @@ def render(results: list[dict[str, Any]], counts: dict[str, int] | None = None,
 
 
 def write_report(results: list[dict[str, Any]], path: Path, counts: dict[str, int],
-                 fig_dir: Path) -> None:
-    folder = Path(os.path.relpath(fig_dir, path.parent)).as_posix()
+                 fig_dir: Path, final: Path | None = None) -> None:
+    """Write the report to ``path``; its links to ``fig_dir`` are relative to where the
+    report will live (``final``, where ``path`` is a temporary name beside it)."""
+    folder = Path(os.path.relpath(fig_dir, (final or path).parent)).as_posix()
     write_text(path, render(results, counts, folder))

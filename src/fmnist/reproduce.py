@@ -27,6 +27,7 @@ import yaml
 
 from fmnist.common import UserError
 from fmnist.runtime import NATIVE_BF16_FLAGS
+from fmnist.stack import LOCK_FILE, differences
 
 UPSTREAM = ("download", "preprocess")
 
@@ -98,8 +99,15 @@ def explain(clone: Path, stage: str, timings: str | None,
         lines.append("the committed run trained in bf16 on a CPU with native bf16 "
                      "(AVX512-BF16/AMX); this CPU has none (amp: auto trains in fp32 "
                      "here, and bf16 would be emulated with other rounding)")
-    return lines or ["the environment matches the committed record: the code, data or "
-                     "params differ, or a kernel is not deterministic here"]
+    lock = clone / LOCK_FILE
+    if lock.exists():
+        stack = differences(lock)
+        lines += [f"installed here unlike {LOCK_FILE} (`make install` installs it "
+                  f"exactly): {line}" for line in stack[:20]]
+        if len(stack) > 20:
+            lines.append(f"... and {len(stack) - 20} more packages")
+    return lines or ["the environment matches the committed record and the lock: the code, "
+                     "data or params differ, or a kernel is not deterministic here"]
 
 
 def reproduce(repo: Path, stages: list[str], workdir: Path) -> bool:

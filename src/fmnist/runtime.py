@@ -13,14 +13,16 @@ import os
 import platform
 import subprocess
 import sys
+import tempfile
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from datetime import timedelta
+from pathlib import Path
 
 import torch
 import torch.distributed as dist
 
-from fmnist.common import UserError
+from fmnist.common import ERROR_FILE_ENV, UserError, fail
 from fmnist.params import RuntimeParams, TrainParams
 
 # The CPU flags of native bf16 arithmetic (AVX512-BF16, AMX), where bf16 matmuls run at
@@ -89,7 +91,25 @@ def relaunch_under_torchrun(params: TrainParams, runtime: RuntimeParams, where: 
            f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
            f"--node_rank={runtime.node_rank}", f"--master_addr={runtime.master_addr}",
            f"--master_port={runtime.master_port}", *sys.argv]
-    return subprocess.call(cmd)
+    return launch(cmd)
+
+
+def launch(cmd: list[str]) -> int:
+    """Run torchrun: the ranks' stdout (the epoch lines) as it comes; their stderr and
+    torchrun's held back. A rank that stops on a UserError writes its one line to a
+    file, and that line is all that is said (torchrun's multi-line failure summary is
+    dropped); any other failure shows everything that was held back."""
+    with tempfile.TemporaryDirectory(prefix="fmnist-torchrun-") as tmp:
+        error_file = Path(tmp) / "error"
+        with open(Path(tmp) / "stderr", "w+b") as err:
+            code = subprocess.call(cmd, stderr=err,
+                                   env={**os.environ, ERROR_FILE_ENV: str(error_file)})
+            if error_file.exists():
+                fail(error_file.read_text(encoding="utf-8").strip())
+            err.seek(0)
+            sys.stderr.buffer.write(err.read())
+            sys.stderr.flush()
+    return code
 
 
 # mallopt(3) parameter numbers, from glibc's <malloc.h>

@@ -25,7 +25,7 @@ from fmnist.batching import epoch_order, train_batches
 from fmnist.checkpoint import save_model
 from fmnist.common import UserError, first_line
 from fmnist.data import Split, Stats, load_split, load_stats
-from fmnist.files import write_json, write_text
+from fmnist.files import OutputSet, check_writable, write_json, write_text
 from fmnist.inference import loss_and_accuracy, predict_logits
 from fmnist.models import count_parameters, spec
 from fmnist.params import TrainParams
@@ -386,6 +386,9 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
     """Train model ``name``; write model.pt, meta.json and the curves; return the meta."""
     # From here on params.amp is the precision that runs (meta.json records it)
     params = params.model_copy(update={"amp": resolve_amp(params.amp, rt.device)})
+    if rt.main:  # before any work: a path that cannot be written stops the run now
+        check_writable([p for p in (paths.out_dir, paths.curves, paths.timings, paths.state,
+                                    paths.live) if p is not None], f"training {name}")
     data = load_data(paths.prepared, params, rt)
     trainer, progress, fp = resume_or_start(name, params, data, paths, rt, resume)
     live = open_live(paths.live, progress.epoch > 0) if rt.main else None
@@ -406,7 +409,6 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
         progress.history.append(row)
         if rt.main:
             print(epoch_line(name, params, row, seen))
-            write_curves(paths.curves, progress.history)
             save_state(paths.state, fp, trainer.state_dict(), progress)
             if live is not None:
                 log_live(live, row)
@@ -415,10 +417,12 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
 
     meta = describe(name, params, trainer, data, rt, progress)
     if rt.main:
-        save_model(trainer.result, meta, paths.out_dir)
-        write_curves(paths.curves, progress.history)
-        if paths.timings is not None:
-            write_json(paths.timings, timings(data, params, rt, progress))
+        # the model, its curves and timings appear together, or not at all
+        with OutputSet(paths.out_dir.with_name(f".{paths.out_dir.name}.commit.json")) as out:
+            save_model(trainer.result, meta, out.dir(paths.out_dir))
+            write_curves(out.file(paths.curves), progress.history)
+            if paths.timings is not None:
+                write_json(out.file(paths.timings), timings(data, params, rt, progress))
         if live is not None:
             live.end()
     return meta

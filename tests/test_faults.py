@@ -1,0 +1,317 @@
+"""Faults, round three: outputs swapped in whole (sets included), paths checked before the
+work, what is loaded validated, strict JSON and YAML, recovery said where DVC removed
+outputs, one line from inside torchrun, and the installed stack equal to the lock."""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from fmnist.common import UserError
+from fmnist.data import load_split, read_stats
+from fmnist.files import OutputSet, atomic_dir, load_torch, save_torch, sweep, write_json
+from fmnist.params import read_params
+from fmnist.stack import LOCK_FILE, differences
+from tests.support import PY, assert_one_line_error, free_port, run_stage, set_params
+from tools import ROOT
+
+
+def strays(root: Path) -> list[str]:
+    return sorted(str(p.relative_to(root)) for p in root.rglob("*")
+                  if p.name.endswith((".part", ".old", ".commit.json")))
+
+
+def snapshot(root: Path, *dirs: str) -> dict[str, bytes]:
+    return {str(p.relative_to(root)): p.read_bytes() for d in dirs
+            for p in sorted((root / d).rglob("*")) if p.is_file()}
+
+
+# ---------------------------------------------------------------- swaps (fast)
+
+# A writer killed (os._exit, as kill -9) at the worst moment: after the first of its
+# swaps. Run in a subprocess, since it really dies.
+KILLED_MID_COMMIT = """
+import os, sys
+from pathlib import Path
+from fmnist import files
+root = Path(sys.argv[1])
+calls = []
+real = files.swap_in
+def dying(tmp, path):
+    if calls:
+        os._exit(9)
+    calls.append(path)
+    real(tmp, path)
+files.swap_in = dying
+with files.OutputSet(root / ".set.commit.json") as out:
+    for name in ("a.json", "b.json"):
+        out.file(root / name).write_text("new " + name)
+    d = out.dir(root / "figs")
+    (d / "x.png").write_text("new x")
+"""
+
+
+def test_a_set_killed_while_swapping_is_completed_by_the_next_run(tmp_path):
+    for name in ("a.json", "b.json"):
+        (tmp_path / name).write_text("old " + name)
+    (tmp_path / "figs").mkdir()
+    (tmp_path / "figs" / "x.png").write_text("old x")
+    proc = subprocess.run([PY, "-c", KILLED_MID_COMMIT, str(tmp_path)], cwd=ROOT)
+    assert proc.returncode == 9
+    # killed mid-set: a mix, and the journal that says how to finish
+    assert (tmp_path / "a.json").read_text() == "new a.json"
+    assert (tmp_path / "b.json").read_text() == "old b.json"
+    assert (tmp_path / ".set.commit.json").exists()
+    OutputSet(tmp_path / ".set.commit.json")  # the next run's first step
+    assert (tmp_path / "b.json").read_text() == "new b.json"
+    assert (tmp_path / "figs" / "x.png").read_text() == "new x"
+    assert strays(tmp_path) == []
+
+
+def test_a_set_that_fails_writes_nothing(tmp_path):
+    (tmp_path / "a.json").write_text("old")
+    with pytest.raises(RuntimeError), OutputSet(tmp_path / ".j") as out:
+        out.file(tmp_path / "a.json").write_text("new")
+        out.dir(tmp_path / "figs")
+        raise RuntimeError("the second model is unreadable")
+    assert (tmp_path / "a.json").read_text() == "old" and not (tmp_path / "figs").exists()
+    assert strays(tmp_path) == []
+
+
+def test_a_folder_is_swapped_in_one_step(tmp_path, monkeypatch):
+    target = tmp_path / "lenet"
+    target.mkdir()
+    (target / "model.pt").write_text("old weights")
+    (target / "meta.json").write_text("old meta")
+    from fmnist import files
+    renames = []
+    real_replace = os.replace
+    monkeypatch.setattr(files.os, "replace",
+                        lambda a, b: (renames.append((a, b)), real_replace(a, b))[1])
+    with atomic_dir(target) as tmp:
+        (tmp / "model.pt").write_text("new weights")
+        (tmp / "meta.json").write_text("new meta")
+    # one exchange of the two folders (renameat2), not two renames with a gap between
+    assert [r for r in renames if Path(r[1]) == target] == []
+    assert {p.name: p.read_text() for p in target.iterdir()} == {
+        "model.pt": "new weights", "meta.json": "new meta"}
+    assert strays(tmp_path) == []
+
+
+def test_leftovers_of_a_killed_writer_are_swept_and_a_live_ones_kept(tmp_path):
+    target = tmp_path / "lenet"
+    dead = subprocess.run([PY, "-c", "import os; print(os.getpid())"], capture_output=True,
+                          text=True).stdout.strip()
+    (tmp_path / f".lenet.{dead}.abc.part").mkdir()             # a killed writer's folder
+    (tmp_path / f".lenet.{dead}.abc.part" / "model.pt").write_text("half")
+    (tmp_path / ".lenet.xyz123.part").write_text("old naming")   # no pid: an old run's
+    live = subprocess.Popen([PY, "-c", "import time; time.sleep(30)"])
+    try:
+        (tmp_path / f".lenet.{live.pid}.def.part").mkdir()      # a running writer's
+        (tmp_path / ".lenet.old").mkdir()                       # a swap cut between renames
+        (tmp_path / ".lenet.old" / "model.pt").write_text("previous")
+        sweep(target)
+        assert sorted(p.name for p in tmp_path.iterdir()) == sorted(
+            ["lenet", f".lenet.{live.pid}.def.part"])
+        assert (target / "model.pt").read_text() == "previous"  # put back, not lost
+    finally:
+        live.kill()
+        live.wait()
+
+
+def test_json_is_strict_and_null_stands_for_what_is_not_finite(tmp_path):
+    write_json(tmp_path / "m.json", {"val": {"loss": float("nan")}, "x": [1.0, float("inf")]})
+    text = (tmp_path / "m.json").read_text()
+    def refuse(name):
+        raise ValueError(name)
+    assert json.loads(text, parse_constant=refuse) == {"val": {"loss": None}, "x": [1.0, None]}
+
+
+# ---------------------------------------------------------------- strict YAML (fast)
+
+
+@pytest.mark.parametrize("text, needles", [
+    ("train_lenet:\n  lr: 0.01\n  epochs: 3\n  lr: 0.5\n",
+     ["line 4: duplicate key 'lr' (first at line 2)"]),
+    ("a: &a [1, 2, 3]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
+     "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n", ["more than 16 aliases"]),
+    ("evaluate:\n  tta: '" + "x" * 5000 + "\n", ["not valid YAML"]),
+])
+def test_params_yaml_is_read_strictly_in_one_short_line(tmp_path, text, needles):
+    path = tmp_path / "params.yaml"
+    path.write_text(text)
+    with pytest.raises(UserError) as err:
+        read_params(path)
+    message = str(err.value)
+    assert "\n" not in message and len(message) < 300, message
+    for needle in needles:
+        assert needle in message
+
+
+# ---------------------------------------------------------------- loaded data (e2e)
+
+
+def damage_split(prepared: Path, split: str, **changes) -> None:
+    path = prepared / "data/prepared" / f"{split}.pt"
+    obj = load_torch(path)
+    obj.update(changes)
+    save_torch(obj, path)
+
+
+def test_prepared_data_is_validated_where_it_is_loaded(prepared):
+    store = prepared / "data/prepared"
+    labels = load_torch(store / "train.pt")["labels"].clone()
+    labels[7] = 12
+    damage_split(prepared, "train", labels=labels)
+    with pytest.raises(UserError, match=r"train.pt: label 12 is outside 0..9: run `dvc repro "
+                                        r"preprocess`"):
+        load_split(store, "train")
+    proc = run_stage(prepared, "train-lenet")  # the stage: one line, no traceback
+    assert_one_line_error(proc, "label 12 is outside 0..9")
+
+    damage_split(prepared, "train", labels=labels[:-1].clone().clamp(0, 9),
+                 images=load_torch(store / "train.pt")["images"][:-1].clone())
+    with pytest.raises(UserError, match="images where stats.json says"):
+        load_split(store, "train")
+
+    stats = json.loads((store / "stats.json").read_text())
+    for std in (0, float("nan"), -1):
+        (store / "stats.json").write_text(json.dumps({**stats, "std": std}))
+        with pytest.raises(UserError, match="finite with std > 0"):
+            read_stats(store)
+
+
+def test_checkpoints_are_validated_where_they_are_loaded(evaluated):
+    import shutil
+    before = snapshot(evaluated, "metrics")
+    # a complete AlexNet placed where the LeNet belongs
+    shutil.rmtree(evaluated / "models/lenet")
+    shutil.copytree(evaluated / "models/alexnet", evaluated / "models/lenet")
+    proc = run_stage(evaluated, "evaluate")
+    assert_one_line_error(proc, "models/lenet/meta.json describes a 'alexnet', not the "
+                                "'lenet'", "dvc repro train-lenet")
+    assert snapshot(evaluated, "metrics") == before
+    # a model whose normalization cannot be applied
+    meta_path = evaluated / "models/alexnet/meta.json"
+    meta = json.loads(meta_path.read_text())
+    meta_path.write_text(json.dumps({**meta, "normalize": {"mean": 0.3, "std": 0}}))
+    shutil.rmtree(evaluated / "models/lenet")
+    proc = run_stage(evaluated, "evaluate", "--models", "alexnet", "--checkpoints",
+                     "models/alexnet", "--curves", "metrics/curves/alexnet.tsv",
+                     "--metrics", "metrics/alexnet.json",
+                     "--confusion", "metrics/confusion/alexnet.csv")
+    assert_one_line_error(proc, "normalize needs a finite mean and a finite std > 0")
+
+
+def test_evaluate_writes_nothing_unless_every_model_loads(evaluated):
+    (evaluated / "models/alexnet/model.pt").write_bytes(b"not a checkpoint")
+    before = snapshot(evaluated, "metrics")
+    proc = run_stage(evaluated, "evaluate")
+    assert_one_line_error(proc, "models/alexnet/model.pt")
+    # the first model's metrics, confusion data and figures were not rewritten
+    assert snapshot(evaluated, "metrics") == before
+    assert strays(evaluated) == []
+
+
+# ---------------------------------------------------------------- training's outputs (e2e)
+
+
+def test_an_output_that_cannot_be_written_stops_training_before_it_starts(prepared):
+    (prepared / "blocker").write_text("a file where a folder must go")
+    proc = run_stage(prepared, "train-lenet", "--out", "blocker/lenet")
+    assert_one_line_error(proc, "cannot write blocker/lenet", "training lenet did not start")
+    assert "epoch" not in proc.stdout
+    assert not (prepared / "state").exists() and not (prepared / "metrics/curves").exists()
+
+
+DISK_FULL_AT_THE_END = """
+import errno, runpy, sys
+from fmnist import checkpoint
+def full(obj, path):
+    raise OSError(errno.ENOSPC, "No space left on device", str(path))
+checkpoint.save_torch = full
+sys.argv = sys.argv[1:]
+runpy.run_path(sys.argv[0], run_name="__main__")
+"""
+
+
+def test_a_full_disk_at_the_end_is_one_line_and_leaves_the_old_outputs(prepared):
+    proc = run_stage(prepared, "train-lenet")
+    assert proc.returncode == 0, proc.stderr
+    before = snapshot(prepared, "models", "metrics")
+    set_params(prepared, {"train_lenet": {"lr": 0.02}, "runtime": {"resume": False}})
+    from tools.repo import stage_argv
+    argv = stage_argv("train-lenet")
+    proc = subprocess.run([PY, "-c", DISK_FULL_AT_THE_END, *argv[1:]], cwd=prepared,
+                          capture_output=True, text=True, timeout=300)
+    assert_one_line_error(proc, "No space left on device", "the previous ones are as they were")
+    after = snapshot(prepared, "models", "metrics")
+    after.pop("metrics/live/lenet/metrics.json", None)  # DVCLive's, written each epoch
+    before.pop("metrics/live/lenet/metrics.json", None)
+    assert after == before  # the model, its curves and timings: all the old run's
+    assert strays(prepared) == []
+
+
+# ---------------------------------------------------------------- DVC and torchrun (e2e)
+
+
+def test_a_params_error_under_dvc_says_how_to_get_the_outputs_back(prepared):
+    set_params(prepared, {"train_lenet": {"lr": -0.1}})
+    from tools.repo import stage_argv
+    proc = subprocess.run(stage_argv("train-lenet"), cwd=prepared, capture_output=True,
+                          text=True, env={**os.environ, "DVC_STAGE": "train-lenet"})
+    assert_one_line_error(proc, "train_lenet.lr", "`dvc checkout` restores them")
+    proc = run_stage(prepared, "train-lenet")  # run directly: no such hint
+    assert_one_line_error(proc, "train_lenet.lr")
+    assert "dvc checkout" not in proc.stderr
+
+
+def test_a_rank_that_fails_under_torchrun_ends_in_its_one_line(prepared):
+    labels = load_torch(prepared / "data/prepared/train.pt")["labels"].clone()
+    labels[3] = 10
+    damage_split(prepared, "train", labels=labels)
+    set_params(prepared, {"train_lenet": {"distributed": {"nproc": 2}},
+                          "runtime": {"master_port": free_port()}})
+    proc = run_stage(prepared, "train-lenet")
+    assert_one_line_error(proc, "label 10 is outside 0..9")
+    assert "ChildFailedError" not in proc.stderr and "torch.distributed" not in proc.stderr
+
+
+# ---------------------------------------------------------------- the locked stack (fast)
+
+
+def test_the_installed_stack_is_exactly_the_lock():
+    """`make install` installs requirements.lock and nothing else (this suite runs in
+    that environment)."""
+    assert differences(ROOT / LOCK_FILE) == []
+    lock = (ROOT / LOCK_FILE).read_text()
+    pins = [line for line in lock.splitlines() if "==" in line and not line.startswith("#")]
+    assert len(pins) > 150 and all("--hash=sha256:" in lock.split(p, 1)[1].split("\n", 2)[1]
+                                    for p in pins[:20])
+    assert "torch==2.14.1" in lock and "torchvision==0.29.1" in lock
+
+
+def test_a_package_at_another_version_is_named(tmp_path):
+    import re
+    lock = re.sub(r"\nscipy==\S+", "\nscipy==0.0.1", (ROOT / LOCK_FILE).read_text())
+    (tmp_path / LOCK_FILE).write_text(lock.replace("\nsix==", "\nsix-not-installed=="))
+    lines = differences(tmp_path / LOCK_FILE)
+    assert any(line.startswith("scipy: locked 0.0.1, installed ") for line in lines)
+    assert "six-not-installed: locked" in " ".join(lines)
+    assert any(line.startswith("six: ") and "not in" in line for line in lines)
+
+
+def test_nan_is_never_written_to_meta_json(prepared):
+    """The committed refit has no validation split: nothing about validation is in
+    meta.json, and every value there is finite (strict JSON)."""
+    proc = run_stage(prepared, "train-lenet")
+    assert proc.returncode == 0, proc.stderr
+    text = (prepared / "models/lenet/meta.json").read_text()
+    assert "NaN" not in text and "Infinity" not in text
+    meta = json.loads(text)
+    assert all(v is None or math.isfinite(v) for v in meta["final"].values())
