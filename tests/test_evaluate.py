@@ -174,6 +174,26 @@ def test_hflip_tta_averages_the_logits_of_the_image_and_its_mirror():
     torch.testing.assert_close(both[:, 0], one[:, 0] / 2)
 
 
+def test_both_views_in_one_pass_are_each_views_own_logits_bit_for_bit():
+    import torch
+
+    from fmnist.data import Split, Stats
+    from fmnist.inference import VIEWS, predict_logits, predict_views
+    from fmnist.models import build_model
+
+    torch.manual_seed(0)
+    model = build_model("alexnet", {"channels": [8, 16, 16, 16, 8], "fc": 32,
+                                    "dropout": 0.5, "lrn": True, "lrn_size": 5})
+    g = torch.Generator().manual_seed(2)
+    split = Split(torch.randint(0, 256, (70, 28, 28), dtype=torch.uint8, generator=g),
+                  torch.zeros(70, dtype=torch.int64))
+    stats, cpu = Stats(0.29, 0.35), torch.device("cpu")
+    both = predict_views(model, split, stats, 32, cpu)
+    assert set(both) == set(VIEWS)
+    for view in VIEWS:
+        assert torch.equal(both[view], predict_logits(model, split, stats, 32, cpu, view=view))
+
+
 def test_missing_checkpoint_names_the_stage(evaluated):
     import shutil
     shutil.move(evaluated / "models/alexnet", evaluated / "alexnet.bak")

@@ -26,7 +26,7 @@ from fmnist import CLASSES, NUM_CLASSES
 from fmnist.checkpoint import load_checkpoint
 from fmnist.data import Split, load_split, read_stats
 from fmnist.files import OutputSet, write_json, write_text
-from fmnist.inference import VIEWS, input_stats, predict_logits
+from fmnist.inference import input_stats, predict_logits, predict_views
 from fmnist.params import EvaluateParams
 from fmnist.runtime import resolve_device
 
@@ -67,6 +67,14 @@ def probabilities(model: torch.nn.Module, split: Split, meta: dict[str, Any],
     logits = predict_logits(model.to(device), split, input_stats(meta), params.batch_size,
                             device, view=view)
     return torch.softmax(logits.double(), dim=1).numpy()
+
+
+def view_probabilities(model: torch.nn.Module, split: Split, meta: dict[str, Any],
+                       params: EvaluateParams, device: torch.device) -> dict[str, np.ndarray]:
+    """``probabilities`` of every test-time view, from one pass over ``split``."""
+    views = predict_views(model.to(device), split, input_stats(meta), params.batch_size,
+                          device)
+    return {v: torch.softmax(logits.double(), dim=1).numpy() for v, logits in views.items()}
 
 
 def write_confusion_csv(path: Path, labels: np.ndarray, pred: np.ndarray) -> None:
@@ -115,7 +123,7 @@ def evaluate_model(m: ModelPaths, model: torch.nn.Module, meta: dict[str, Any], 
     y_train, y_test = train.labels.numpy(), test.labels.numpy()
     train_scores = scores(y_train, probabilities(model, train, meta, params, device))
     # Both views of the test set, always: the headline is the one params.tta names
-    views = {view: probabilities(model, test, meta, params, device, view) for view in VIEWS}
+    views = view_probabilities(model, test, meta, params, device)
     view_scores = {view: scores(y_test, probs) for view, probs in views.items()}
     test_scores, test_probs = view_scores[params.tta], views[params.tta]
     pred = test_probs.argmax(1)

@@ -46,6 +46,25 @@ def predict_logits(model: nn.Module, split: Split, stats: Stats | None, batch_si
     return torch.cat(out) if out else torch.empty(0, NUM_CLASSES)
 
 
+@torch.no_grad()
+def predict_views(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
+                  device: torch.device, amp: str = "none") -> dict[str, torch.Tensor]:
+    """The logits of every one of the ``VIEWS`` in one pass: each image's own logits are
+    computed once and serve both views. The same numbers as ``predict_logits`` per view
+    (the same batches, the same operations)."""
+    model.eval()
+    plain, mirrored = [], []
+    for x, _ in eval_batches(split, batch_size, stats):
+        x = x.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x).float()
+            mirrored.append(((logits + model(x.flip(-1)).float()) / 2).cpu())
+        plain.append(logits.cpu())
+    if not plain:
+        return {view: torch.empty(0, NUM_CLASSES) for view in VIEWS}
+    return {"none": torch.cat(plain), "hflip": torch.cat(mirrored)}
+
+
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:
     if len(labels) == 0:
         return float("nan"), float("nan")

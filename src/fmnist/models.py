@@ -77,7 +77,8 @@ class _LRNFunction(torch.autograd.Function):
         scale = torch.rsqrt(d * torch.sqrt(d)) if beta == 0.75 else d.pow(-beta)
         y = torch.empty(xr.shape, dtype=x.dtype, device=x.device)
         torch.mul(xr, scale, out=y)  # rounded once, straight into x's dtype
-        ctx.save_for_backward(x, scale, scale / d, band)
+        if ctx.needs_input_grad[0]:  # inference (evaluate, predict) keeps nothing
+            ctx.save_for_backward(x, scale, scale / d, band)
         ctx.beta = beta
         return _unrows(y, x.shape)
 
