@@ -115,7 +115,7 @@ def test_stages_pick_the_gpu_and_its_model_evaluates_on_a_cpu(prepared):
             assert on_cpu[split]["loss"] == pytest.approx(
                 on_gpu[name][split]["loss"], rel=1e-3), (name, split)
 
-    model, _ = load_checkpoint(prepared / "models/alexnet", "train-alexnet")
+    model, _ = load_checkpoint(prepared / "models/alexnet", "alexnet")
     val = load_split(prepared / "data/prepared", "val")
     stats = load_stats(prepared / "data/prepared")
     cpu_logits = predict_logits(model, val, stats, 1000, torch.device("cpu"))

@@ -45,3 +45,26 @@ def test_a_committed_run_reproduces_and_a_mismatch_says_what_differs(committed_r
     assert f"models/alexnet: committed {'0' * 32}.dir" in proc.stdout
     assert "torch: committed run '1.0.0', here" in proc.stdout
     assert "train-lenet: NOT" not in proc.stdout
+
+
+def test_a_mismatch_names_the_packages_installed_unlike_the_lock(tmp_path):
+    import json
+    import re
+
+    from fmnist.reproduce import explain
+    from fmnist.stack import LOCK_FILE
+    from tools import ROOT
+
+    clone = tmp_path / "clone"
+    (clone / "metrics").mkdir(parents=True)
+    env = {"environment": {"torch": "2.14.1", "cpu": "x"}, "precision": "none"}
+    (clone / "metrics/t.json").write_text(json.dumps(env))
+    lock = re.sub(r"\nnumpy==\S+", "\nnumpy==1.0.0", (ROOT / LOCK_FILE).read_text())
+    (clone / LOCK_FILE).write_text(lock)
+    lines = explain(clone, "train-lenet", "metrics/t.json", json.dumps(env))
+    assert any("installed here unlike requirements.lock" in x and "numpy: locked 1.0.0" in x
+               for x in lines), lines
+    (clone / LOCK_FILE).write_text((ROOT / LOCK_FILE).read_text())
+    assert explain(clone, "train-lenet", "metrics/t.json", json.dumps(env)) == [
+        "the environment matches the committed record and the lock: the code, data or "
+        "params differ, or a kernel is not deterministic here"]

@@ -46,7 +46,7 @@ def test_deterministic(prepared, name):
 
 def test_checkpoint_and_meta(prepared):
     meta = run_train(prepared, "alexnet", "a")
-    model, meta2 = load_checkpoint(prepared / "a/model", "train-alexnet")
+    model, meta2 = load_checkpoint(prepared / "a/model", "alexnet")
     assert meta2["trainable_params"] == meta["trainable_params"] == sum(
         p.numel() for p in model.parameters())
     assert meta2["arch"]["channels"] == [4, 8, 8, 8, 8] and meta2["model"] == "alexnet"
@@ -67,9 +67,9 @@ def test_checkpoint_that_does_not_fit(prepared):
     meta_path = prepared / "a/model/meta.json"
     meta_path.write_text(meta_path.read_text().replace('"fc": 32', '"fc": 64'))
     with pytest.raises(UserError, match="does not fit model 'alexnet'"):
-        load_checkpoint(prepared / "a/model", "train-alexnet")
+        load_checkpoint(prepared / "a/model", "alexnet")
     with pytest.raises(UserError, match=r"run `dvc repro train-lenet`"):
-        load_checkpoint(prepared / "missing", "train-lenet")
+        load_checkpoint(prepared / "missing", "lenet")
 
 
 def test_fp16_on_cpu_is_refused(prepared):
@@ -108,7 +108,7 @@ def test_ema_saves_and_validates_the_moving_average_of_the_steps(prepared, monke
         torch.testing.assert_close(saved[k], expected[k])
     assert not torch.allclose(saved["classifier.5.weight"], raw[-1]["classifier.5.weight"])
 
-    model, _ = load_checkpoint(prepared / "a/model", "train-lenet")
+    model, _ = load_checkpoint(prepared / "a/model", "lenet")
     val = load_split(prepared / "data/prepared", "val")
     logits = predict_logits(model, val, load_stats(prepared / "data/prepared"), 1000,
                             torch.device("cpu"))
