@@ -73,6 +73,38 @@ def test_a_set_killed_while_swapping_is_completed_by_the_next_run(tmp_path):
     assert strays(tmp_path) == []
 
 
+# Killed after a folder's exchange, before the old folder (now at the temporary name)
+# is deleted: the next run must not take it for the new one
+KILLED_AFTER_EXCHANGE = """
+import os, sys
+from pathlib import Path
+from fmnist import files
+root = Path(sys.argv[1])
+real = files._remove
+def dying(path):
+    if path.name.startswith(".lenet."):
+        os._exit(9)
+    real(path)
+files._remove = dying
+with files.OutputSet(root / ".set.commit.json") as out:
+    d = out.dir(root / "lenet")
+    (d / "model.pt").write_text("new")
+    out.file(root / "curves.tsv").write_text("new")
+"""
+
+
+def test_a_set_killed_after_a_folder_exchange_keeps_the_new_folder(tmp_path):
+    (tmp_path / "lenet").mkdir()
+    (tmp_path / "lenet" / "model.pt").write_text("old")
+    (tmp_path / "curves.tsv").write_text("old")
+    proc = subprocess.run([PY, "-c", KILLED_AFTER_EXCHANGE, str(tmp_path)], cwd=ROOT)
+    assert proc.returncode == 9
+    OutputSet(tmp_path / ".set.commit.json")
+    assert (tmp_path / "lenet" / "model.pt").read_text() == "new"
+    assert (tmp_path / "curves.tsv").read_text() == "new"
+    assert strays(tmp_path) == []
+
+
 def test_a_set_that_fails_writes_nothing(tmp_path):
     (tmp_path / "a.json").write_text("old")
     with pytest.raises(RuntimeError), OutputSet(tmp_path / ".j") as out:
@@ -141,6 +173,7 @@ def test_json_is_strict_and_null_stands_for_what_is_not_finite(tmp_path):
     ("a: &a [1, 2, 3]\nb: &b [*a, *a, *a, *a, *a, *a, *a, *a]\n"
      "c: [*b, *b, *b, *b, *b, *b, *b, *b, *b, *b]\n", ["more than 16 aliases"]),
     ("evaluate:\n  tta: '" + "x" * 5000 + "\n", ["not valid YAML"]),
+    ("a: {x: 1, x: 2}\n", ["line 1: duplicate key 'x'"]),
 ])
 def test_params_yaml_is_read_strictly_in_one_short_line(tmp_path, text, needles):
     path = tmp_path / "params.yaml"
@@ -151,6 +184,21 @@ def test_params_yaml_is_read_strictly_in_one_short_line(tmp_path, text, needles)
     assert "\n" not in message and len(message) < 300, message
     for needle in needles:
         assert needle in message
+
+
+def test_merge_keys_still_work(tmp_path):
+    path = tmp_path / "params.yaml"
+    path.write_text("base: &b {x: 1, y: 2}\nother:\n  <<: *b\n  y: 3\n")
+    assert read_params(path)["other"] == {"x": 1, "y": 3}
+
+
+def test_a_locked_package_that_is_missing_fails_the_install_check(tmp_path):
+    from tools.lock import main
+    lock = tmp_path / LOCK_FILE
+    lock.write_text((ROOT / LOCK_FILE).read_text() + "zzz-not-there==1.0 \\\n"
+                    "    --hash=sha256:" + "0" * 64 + "\n")
+    assert main(["--check", "--allow-extra", "--lock", str(lock)]) == 1
+    assert main(["--check", "--allow-extra", "--lock", str(ROOT / LOCK_FILE)]) == 0
 
 
 # ---------------------------------------------------------------- loaded data (e2e)
@@ -249,7 +297,7 @@ def test_a_full_disk_at_the_end_is_one_line_and_leaves_the_old_outputs(prepared)
     argv = stage_argv("train-lenet")
     proc = subprocess.run([PY, "-c", DISK_FULL_AT_THE_END, *argv[1:]], cwd=prepared,
                           capture_output=True, text=True, timeout=300)
-    assert_one_line_error(proc, "No space left on device", "the previous ones are as they were")
+    assert_one_line_error(proc, "No space left on device", "is as it was")
     after = snapshot(prepared, "models", "metrics")
     after.pop("metrics/live/lenet/metrics.json", None)  # DVCLive's, written each epoch
     before.pop("metrics/live/lenet/metrics.json", None)

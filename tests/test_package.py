@@ -48,7 +48,8 @@ def test_release_folder_holds_weights_meta_onnx_and_a_card_of_the_metrics(packag
     meta = json.loads((out / "meta.json").read_text())
     trained = json.loads((wd / "models" / name / "meta.json").read_text())
     params_tta = re.search(r"\n  tta: (\w+)", (wd / "params.yaml").read_text()).group(1)
-    assert meta == {**trained, "tta": params_tta}
+    headline = json.loads((wd / f"metrics/{name}.json").read_text())["test_views"]["headline"]
+    assert meta == {**trained, "tta": headline} and headline == params_tta
 
     card = (out / "README.md").read_text()
     metrics = json.loads((wd / f"metrics/{name}.json").read_text())

@@ -209,6 +209,18 @@ def test_conversion_follows_the_data_sets_steps():
     assert to_dataset_form(c) is c
 
 
+def test_colour_arrays_and_16_bit_images_read_like_8_bit_ones(tmp_path):
+    gray = garment_photo(60, 40)
+    np.save(tmp_path / "rgb.npy", np.stack([gray] * 3, axis=-1))
+    Image.fromarray(gray).save(tmp_path / "8bit.png")
+    Image.fromarray(gray.astype(np.uint16) * 257).save(tmp_path / "16bit.png")
+    items, errors = read_inputs([tmp_path / "rgb.npy", tmp_path / "8bit.png",
+                                 tmp_path / "16bit.png"])
+    assert errors == [] and len(items) == 3  # the (60, 40, 3) array is one image
+    assert np.array_equal(items[0].image, items[1].image)
+    assert np.array_equal(items[1].image, items[2].image)
+
+
 def test_pictures_convert_unless_told_not_to(tmp_path):
     Image.fromarray(garment_photo(120, 80)).convert("RGB").save(tmp_path / "photo.jpg")
     rgba = np.zeros((50, 40, 4), np.uint8)

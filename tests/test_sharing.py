@@ -207,7 +207,9 @@ def test_a_sweep_watched_live_then_shared_through_git(committed_repo, tmp_path):
             seen_running.append(live)
         if len(exps) == 3 and all(e["state"] in ("success", "failed") for e in exps.values()):
             break
-        time.sleep(0.5)
+        # each `exp show` costs a second of CPU the runs need: ask often only while the
+        # watched run is in its first epochs
+        time.sleep(0.5 if watched.get("state") == "running" and not seen_running else 3)
     assert {e["state"] for e in exps.values()} == {"success"}, exps
     for _ in range(5):  # the queue is done; its clean-up may still race `exp show`
         final_exps = experiments(repo, env, timeout=30)

@@ -14,6 +14,7 @@ install` and `make test`, and commit both files.
 from __future__ import annotations
 
 import argparse
+import ast
 import os
 import shlex
 import shutil
@@ -37,7 +38,9 @@ HEADER = f"""\
 def uv_requirement(lock: Path) -> str:
     """The lock's own lines for uv, which installs the rest (make install's first step)."""
     lines = lock.read_text().splitlines()
-    start = next(i for i, line in enumerate(lines) if line.startswith("uv=="))
+    start = next((i for i, line in enumerate(lines) if line.startswith("uv==")), None)
+    if start is None:
+        raise SystemExit(f"lock: {lock} has no uv== line: run `make lock`")
     end = next((i for i in range(start + 1, len(lines))
                 if not lines[i].startswith(" ")), len(lines))
     return "\n".join(lines[start:end]) + "\n"
@@ -53,11 +56,16 @@ def pip_config() -> dict[str, list[str]]:
         key, _, value = line.partition("=")
         name = key.split(".", 1)[-1]
         if name in ("index-url", "extra-index-url", "find-links", "constraint"):
-            out.setdefault(name, []).extend(shlex.split(value.strip().strip("'\"")))
+            try:  # pip prints each value as a Python literal
+                value = ast.literal_eval(value.strip())
+            except (ValueError, SyntaxError):
+                value = value.strip().strip("'\"")
+            out.setdefault(name, []).extend(str(value).split())
     for name in ("index-url", "extra-index-url", "find-links", "constraint"):
         value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
-        if value:
-            out.setdefault(name, []).extend(value.split())
+        if value:  # the environment overrides the configuration files, as for pip
+            out[name] = value.split() + [v for v in out.get(name, [])
+                                         if name not in ("index-url",)]
     return {k: list(dict.fromkeys(v)) for k, v in out.items()}
 
 
@@ -112,7 +120,7 @@ def main(argv: list[str] | None = None) -> int:
         from fmnist.stack import differences
 
         lines = differences(args.lock)
-        failing = [x for x in lines if not (args.allow_extra and "not in" in x)]
+        failing = [x for x in lines if not (args.allow_extra and "installed, not in" in x)]
         for line in lines:
             print(line)
         print(f"{args.lock.name}: " + ("installed exactly" if not lines

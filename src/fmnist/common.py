@@ -71,10 +71,14 @@ def run_stage(main: Callable[[], None]) -> None:
     except UserError as exc:
         hint = RECOVERY if isinstance(exc, ParamsError) and os.environ.get("DVC_STAGE") else ""
         fail(f"{exc}{hint}")
+    except BrokenPipeError:  # `fmnist predict ... | head`: the reader has left
+        sys.stderr.close()
+        os._exit(141)
     except OSError as exc:  # the machine's, not the code's: a full disk, a lost mount
-        where = f"{exc.filename}: " if exc.filename else ""
-        fail(f"{where}{exc.strerror or first_line(exc)} (outputs are built aside and "
-             "swapped in: the previous ones are as they were)")
+        where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
+        fail(f"{where + ': ' if where else ''}{exc.strerror or first_line(exc)} (outputs "
+             "are written aside and swapped in at the end: what this run had not yet "
+             "swapped in is as it was)")
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -14,6 +14,7 @@ import json
 import math
 import os
 import pickle
+import re
 import shutil
 import tempfile
 import zipfile
@@ -54,9 +55,13 @@ def sweep(path: str | os.PathLike[str]) -> None:
     path = Path(path)
     if not path.parent.is_dir():
         return
+    mine = re.compile(rf"^\.{re.escape(path.name)}\.(\d+)\.[^.]+\.part$")
     for stray in path.parent.glob(f".{glob.escape(path.name)}.*.part"):
-        pid = stray.name[len(path.name) + 2:].split(".")[0]
-        if not (pid.isdigit() and int(pid) != os.getpid() and _alive(int(pid))):
+        m = mine.match(stray.name)
+        if m is None and not re.fullmatch(rf"\.{re.escape(path.name)}\.[^.]+\.part",
+                                          stray.name):
+            continue  # another output's (NAME.x): not ours to judge
+        if m is None or int(m.group(1)) == os.getpid() or not _alive(int(m.group(1))):
             _remove(stray)
     old = path.with_name(f".{path.name}.old")
     if old.exists():
@@ -80,7 +85,7 @@ def _exchange(a: Path, b: Path) -> bool:
     if renameat2(at_fdcwd, os.fsencode(a), at_fdcwd, os.fsencode(b), rename_exchange) == 0:
         return True
     err = ctypes.get_errno()
-    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP):
+    if err in (errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP, errno.EPERM, errno.EXDEV):
         return False
     raise OSError(err, os.strerror(err), str(b))
 
@@ -180,8 +185,11 @@ class OutputSet:
         return self._stage(path, folder=True)
 
     def commit(self) -> None:
+        # each temporary path's inode: after a folder exchange the temporary name holds
+        # the old folder, and recover() must not mistake it for the new one
         with atomic_path(self.journal) as tmp:
-            tmp.write_text(json.dumps([[str(t), str(p)] for t, p in self.staged]))
+            tmp.write_text(json.dumps([[str(t), str(p), t.stat().st_ino]
+                                       for t, p in self.staged]))
         for tmp, path in self.staged:
             swap_in(tmp, path)
         self.journal.unlink()
@@ -211,9 +219,13 @@ def recover(journal: str | os.PathLike[str]) -> None:
         pairs = json.loads(journal.read_text())
     except (OSError, ValueError):
         pairs = []
-    for tmp, path in pairs:
-        if Path(tmp).exists():
-            swap_in(Path(tmp), Path(path))
+    for tmp, path, ino in pairs:
+        tmp, path = Path(tmp), Path(path)
+        if path.exists() and path.stat().st_ino == ino:  # swapped in before the kill
+            if tmp.exists():
+                _remove(tmp)  # the old folder, exchanged out
+        elif tmp.exists() and tmp.stat().st_ino == ino:
+            swap_in(tmp, path)
     journal.unlink(missing_ok=True)
 
 
@@ -232,11 +244,24 @@ def check_writable(paths: list[str | os.PathLike[str]], what: str) -> None:
             if path.is_dir() and not path.is_symlink():
                 _probe(path)
             elif path.exists():
-                os.close(os.open(path, os.O_WRONLY))  # no write: content and mtime stay
+                _replaceable(path)
         except OSError as exc:
             raise UserError(f"cannot write {path} ({exc.strerror or first_line(exc)}): "
                             f"{what} did not start; free space or fix the permissions") \
                 from None
+
+
+def _replaceable(path: Path) -> None:
+    """An existing file is replaced by a rename, which needs only its folder writable:
+    a read-only file (as DVC's hardlink or symlink cache types leave outputs) is fine,
+    an immutable one (chattr +i: EPERM even for root) is not."""
+    import errno
+
+    try:
+        os.close(os.open(path, os.O_WRONLY))  # no write: content and mtime stay
+    except PermissionError as exc:
+        if exc.errno == errno.EPERM:
+            raise
 
 
 def _probe(folder: Path) -> None:

@@ -87,9 +87,14 @@ def _grayscale(im: Image.Image) -> np.ndarray:
         white = Image.new("RGBA", im.size, (255, 255, 255, 255))
         im = Image.alpha_composite(white, im)
     if im.mode in ("I", "I;16", "I;16B", "I;16L", "F"):
+        # by the format's range, as 8-bit images keep theirs: 16-bit (and 32-bit integer
+        # images holding 16-bit data, as Pillow opens 16-bit PNGs) over 65535, floats
+        # over [0, 1]
         a = np.asarray(im, dtype=np.float64)
-        lo, hi = float(a.min()), float(a.max())
-        return np.round((a - lo) * (255.0 / (hi - lo or 1.0))).astype(np.uint8)
+        if not np.isfinite(a).all():
+            raise BadInput("non-finite pixel values")
+        full = 1.0 if im.mode == "F" else 65535.0
+        return np.round(np.clip(a / full, 0, 1) * 255).astype(np.uint8)
     return np.asarray(ImageOps.grayscale(im) if im.mode != "L" else im, dtype=np.uint8)
 
 
@@ -103,7 +108,7 @@ def read_picture(path: Path, convert: bool) -> np.ndarray:
                     raise BadInput(f"{w}x{h} pixels, over the cap of {MAX_PIXELS:,} "
                                    "(a decompression bomb?)")
                 im.load()
-                a = _grayscale(im)
+                a = _grayscale(ImageOps.exif_transpose(im))  # a phone photo, upright
         except PermissionError:
             raise BadInput("permission denied") from None
         except UnidentifiedImageError:
@@ -124,7 +129,8 @@ def _as_is(a: np.ndarray) -> np.ndarray:
 
 
 def _stack(a: np.ndarray, what: str) -> np.ndarray:
-    """An array of one image (H, W) or many (N, H, W) -> (N, H, W) uint8."""
+    """An array of one grayscale image (H, W), one colour image (H, W, 3 or 4) or many
+    grayscale images (N, H, W) -> (N, H, W) uint8."""
     if a.dtype.kind == "f":
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             raise BadInput(f"{what}: float pixels must lie in [0, 1]")
@@ -134,10 +140,13 @@ def _stack(a: np.ndarray, what: str) -> np.ndarray:
             raise BadInput(f"{what}: integer pixels must lie in 0..255")
     else:
         raise BadInput(f"{what}: {a.dtype} pixels (need uint8, or floats in [0, 1])")
+    if a.ndim == 3 and a.shape[-1] in (3, 4) and 0 not in a.shape:  # one colour image
+        mode = "RGB" if a.shape[-1] == 3 else "RGBA"
+        a = _grayscale(Image.fromarray(a.astype(np.uint8), mode))
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or 0 in a.shape:
-        raise BadInput(f"{what}: shape {a.shape}; need (H, W) or (N, H, W)")
+        raise BadInput(f"{what}: shape {a.shape}; need (H, W), (H, W, 3) or (N, H, W)")
     return a.astype(np.uint8)
 
 

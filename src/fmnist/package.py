@@ -1,13 +1,14 @@
 """The release folder of each model: ``dist/NAME/`` with everything a user needs.
 
     model.pt     the weights (a PyTorch state dict, as training wrote it)
-    meta.json    training's meta.json plus the test-time view ``evaluate`` reported
+    meta.json    training's meta.json plus the test-time view ``evaluate`` reported (tta)
     model.onnx   the ONNX export, checked against PyTorch on the whole test split
     README.md    the model card, generated from the files above and the test metrics
 
-Each folder is built aside and swapped in whole. Every number in the card comes from
-``meta.json``, the metrics JSON, the confusion CSV or the ONNX check: nothing holds a
-time, host or path.
+The folders are built aside and swapped in together. Every number in the card comes
+from ``meta.json``, the metrics JSON, the confusion CSV, the prepared data's
+``stats.json`` (split sizes), the ONNX check or ``params.yaml``'s ``package`` section:
+nothing holds a time, host or path.
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from fmnist.checkpoint import load_checkpoint
 from fmnist.common import UserError
 from fmnist.data import load_split, read_stats
 from fmnist.export import Agreement, check_onnx, export_onnx
-from fmnist.files import atomic_dir, write_json, write_text
+from fmnist.files import OutputSet, write_json, write_text
 from fmnist.models import spec
 from fmnist.params import EvaluateParams, PackageParams
 from fmnist.summary import layer_table
@@ -67,20 +68,24 @@ def package(models: list[ReleasePaths], prepared: Path, params: PackageParams,
             evaluation: EvaluateParams) -> list[Agreement]:
     test = load_split(prepared, "test")
     counts = read_stats(prepared)["counts"]
+    loaded = [(load_checkpoint(m.checkpoint, m.name),
+               read_json(m.metrics, "run `dvc repro evaluate`"), confusions(m.confusion))
+              for m in models]  # everything checked before anything is written
     out = []
-    for m in models:
-        model, meta = load_checkpoint(m.checkpoint, m.name)
-        metrics = read_json(m.metrics, "run `dvc repro evaluate`")
-        confused = confusions(m.confusion)
-        with atomic_dir(m.out) as tmp:
+    first = models[0].out
+    with OutputSet(first.with_name(f".{first.name}.commit.json")) as staged:
+        for m, ((model, meta), metrics, confused) in zip(models, loaded, strict=True):
+            tmp = staged.dir(m.out)
+            # the view evaluate reported, as the card states it
+            tta = metrics["test_views"]["headline"]
             shutil.copyfile(m.checkpoint / "model.pt", tmp / "model.pt")
-            write_json(tmp / "meta.json", {**meta, "tta": evaluation.tta})
-            export_onnx(model, meta, evaluation.tta, tmp / "model.onnx", params.opset)
+            write_json(tmp / "meta.json", {**meta, "tta": tta})
+            export_onnx(model, meta, tta, tmp / "model.onnx", params.opset)
             agreement = check_onnx(tmp / "model.onnx", model, meta, test,
                                    evaluation.batch_size, params.max_logit_diff)
             write_text(tmp / "README.md", card(meta, metrics, confused, counts, agreement,
                                                params, m.out.name))
-        out.append(agreement)
+            out.append(agreement)
     return out
 
 

@@ -255,15 +255,18 @@ class StrictLoader(yaml.SafeLoader):
         if isinstance(node, yaml.MappingNode):
             seen: dict[Any, int] = {}
             for key_node, _ in node.value:
+                if key_node.tag == "tag:yaml.org,2002:merge":
+                    continue  # `<<: *name`: its keys may be overridden here, by design
                 key = self.construct_object(key_node, deep=True)
                 line = key_node.start_mark.line + 1
                 try:
-                    first = seen.setdefault(key, line)
+                    duplicate = key in seen
                 except TypeError:  # an unhashable key: the constructor reports it
                     continue
-                if first != line:
+                if duplicate:
                     raise yaml.YAMLError(f"line {line}: duplicate key {_short(key)} (first "
-                                         f"at line {first}); one of them must go")
+                                         f"at line {seen[key]}); one of them must go")
+                seen[key] = line
         return super().construct_mapping(node, deep)
 
 
