@@ -157,14 +157,20 @@ def test_readme_results_table_follows_the_metrics(tmp_path):
 
 def test_dropout_matches_torch_in_distribution():
     torch.manual_seed(0)
-    x = torch.ones(200_000)
-    for p in (0.0, 0.25, 0.5):
+    x = torch.ones(200_003)  # not a multiple of 8: the bytes of the last word are cut
+    for p in (0.0, 0.25, 0.5, 0.3):  # 0.3: not a multiple of 1/256, drawn by torch.rand
         d = Dropout(p).train()
         y = d(x)
         kept = (y != 0).float().mean().item()
         assert abs(kept - (1 - p)) < 0.005
         assert torch.allclose(y[y != 0], torch.full_like(y[y != 0], 1 / (1 - p)))
         assert torch.equal(d.eval()(x), x)
+    # every byte of the random words decides one element: pairs of neighbours (one word's
+    # bytes) and elements 8 apart (the same byte of successive words) are independent
+    keep = Dropout(0.5).train().keep_mask(torch.empty(400_000)).float()
+    for lag in (1, 7, 8):
+        both = (keep[lag:] * keep[:-lag]).mean().item()
+        assert abs(both - 0.25) < 0.005, lag
     x = torch.randn(64, 8, requires_grad=True)
     y = Dropout(0.5).train()(x)
     y.sum().backward()

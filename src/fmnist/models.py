@@ -116,12 +116,16 @@ class LocalResponseNorm(nn.Module):
 class Dropout(nn.Module):
     """Inverted dropout, as ``torch.nn.Dropout``: zero each element with probability p.
 
-    The keep-mask comes from ``torch.rand`` instead of ``bernoulli_``, whose CPU kernel
-    takes three times as long for the AlexNet's 4096-wide layers; the distribution of
-    the mask is the same. The mask is applied as a product with the scaled mask in the
-    input's dtype (one multiply forward and backward, where ``torch.where`` took twice
-    as long): exact where ``1/(1-p)`` is, as for the default 0.5; in bf16 another ``p``
-    rounds the scale once, by at most 2**-9 of it.
+    The keep-mask is drawn a byte per element: ``random_`` fills 64-bit integers over
+    their whole range (every bit uniform and independent), and each of their bytes is
+    compared with ``256 p``. That takes one draw of the CPU generator per 8 elements:
+    4.7x faster than ``torch.rand`` (one draw per element) for the AlexNet's 256x4096
+    activations, and ``bernoulli_`` is slower still. It is exact where ``256 p`` is
+    a whole number (0.5, 0.25, ...); any other ``p`` draws ``torch.rand`` as before. The
+    mask is applied as a product with the scaled mask in the input's dtype (one multiply
+    forward and backward, where ``torch.where`` took twice as long): exact where
+    ``1/(1-p)`` is, as for the default 0.5; in bf16 another ``p`` rounds the scale once,
+    by at most 2**-9 of it.
     """
 
     def __init__(self, p: float = 0.5):
@@ -131,8 +135,17 @@ class Dropout(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if not self.training or self.p == 0:
             return x
-        keep = torch.rand(x.shape, device=x.device) >= self.p
-        return x * keep.to(x.dtype).mul_(1.0 / (1.0 - self.p))
+        return x * self.keep_mask(x).to(x.dtype).mul_(1.0 / (1.0 - self.p))
+
+    def keep_mask(self, x: torch.Tensor) -> torch.Tensor:
+        """True for each element kept, each with probability 1 - p, independently."""
+        threshold = self.p * 256
+        if not threshold.is_integer():
+            return torch.rand(x.shape, device=x.device) >= self.p
+        n = x.numel()
+        words = torch.empty((n + 7) // 8, dtype=torch.int64, device=x.device)
+        words.random_(torch.iinfo(torch.int64).min, None)  # None: up to int64's max
+        return words.view(torch.uint8)[:n].view(x.shape) >= int(threshold)
 
     def extra_repr(self) -> str:
         return f"p={self.p}"
