@@ -63,9 +63,9 @@ def pip_config() -> dict[str, list[str]]:
             out.setdefault(name, []).extend(str(value).split())
     for name in ("index-url", "extra-index-url", "find-links", "constraint"):
         value = os.environ.get("PIP_" + name.upper().replace("-", "_"))
-        if value:  # the environment overrides the configuration files, as for pip
-            out[name] = value.split() + [v for v in out.get(name, [])
-                                         if name not in ("index-url",)]
+        if value:  # the environment overrides the configuration files, as for pip:
+            # it replaces the one index-url and comes first among the others
+            out[name] = value.split() + ([] if name == "index-url" else out.get(name, []))
     return {k: list(dict.fromkeys(v)) for k, v in out.items()}
 
 
