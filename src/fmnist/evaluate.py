@@ -24,11 +24,12 @@ from sklearn.metrics import (
 
 from fmnist import CLASSES, NUM_CLASSES
 from fmnist.checkpoint import load_checkpoint
+from fmnist.common import UserError
 from fmnist.data import Split, load_split, read_stats
 from fmnist.files import OutputSet, write_json, write_text
-from fmnist.inference import input_stats, predict_logits, predict_views
+from fmnist.inference import input_stats, predict_views
 from fmnist.params import EvaluateParams
-from fmnist.runtime import keep_freed_memory, resolve_device
+from fmnist.runtime import keep_freed_memory, pin_numerics, resolve_device
 
 LABELS = list(range(NUM_CLASSES))
 
@@ -59,14 +60,6 @@ def scores(labels: np.ndarray, probs: np.ndarray) -> dict[str, Any]:
                              "recall": float(report[name]["recall"]),
                              "f1": float(report[name]["f1-score"])} for name in CLASSES},
     }
-
-
-def probabilities(model: torch.nn.Module, split: Split, meta: dict[str, Any],
-                  params: EvaluateParams, device: torch.device,
-                  view: str = "none") -> np.ndarray:
-    logits = predict_logits(model.to(device), split, input_stats(meta), params.batch_size,
-                            device, view=view)
-    return torch.softmax(logits.double(), dim=1).numpy()
 
 
 def view_probabilities(model: torch.nn.Module, split: Split, meta: dict[str, Any],
@@ -115,13 +108,26 @@ def write_figures(m: ModelPaths, title: str, cm: np.ndarray, test: Split, probs:
     return written
 
 
-def evaluate_model(m: ModelPaths, model: torch.nn.Module, meta: dict[str, Any], train: Split,
+def training_scores(meta: dict[str, Any], checkpoint: Path) -> dict[str, float]:
+    """The training loss and accuracy, as the training stage measured them after its
+    last epoch (``fmnist.train.final_training_scores``): evaluate reads no training
+    image."""
+    got = meta.get("train_scores")
+    if not isinstance(got, dict) or not all(
+            isinstance(got.get(k), float) for k in ("loss", "accuracy")):
+        raise UserError(f"{checkpoint / 'meta.json'} records no training loss and accuracy "
+                        "(train_scores): it was made by older code; re-run its training "
+                        "stage (`dvc repro`)")
+    return {"loss": got["loss"], "accuracy": got["accuracy"]}
+
+
+def evaluate_model(m: ModelPaths, model: torch.nn.Module, meta: dict[str, Any],
                    test: Split, params: EvaluateParams, out: OutputSet, fig_dir: Path,
                    device: torch.device) -> dict[str, Any]:
     """Score one loaded model; its files go to ``out``'s temporary paths (``fig_dir`` is
     the figures' temporary folder)."""
-    y_train, y_test = train.labels.numpy(), test.labels.numpy()
-    train_scores = scores(y_train, probabilities(model, train, meta, params, device))
+    y_test = test.labels.numpy()
+    train_scores = training_scores(meta, m.checkpoint)
     # Both views of the test set, always: the headline is the one params.tta names
     views = view_probabilities(model, test, meta, params, device)
     view_scores = {view: scores(y_test, probs) for view, probs in views.items()}
@@ -134,7 +140,7 @@ def evaluate_model(m: ModelPaths, model: torch.nn.Module, meta: dict[str, Any], 
     metrics = {
         "trainable_params": meta["trainable_params"],
         "epochs": meta["epochs"],
-        "train": {"loss": train_scores["loss"], "accuracy": train_scores["accuracy"]},
+        "train": train_scores,
         "val": last_validation(meta),
         "test": test_scores,
         "test_views": {"headline": params.tta, **{
@@ -155,15 +161,16 @@ def evaluate(models: list[ModelPaths], params: EvaluateParams, prepared: Path,
     from fmnist.report import write_report
 
     device = resolve_device(params.device)
+    pin_numerics(params.numerics, params.threads, device)
     # Batches of 1,000 allocate activations of up to 50 MB per layer: without this each
     # is mapped afresh and zero-filled, and the page faults took a third of the stage
     keep_freed_memory()
-    train, test = load_split(prepared, "train"), load_split(prepared, "test")
+    test = load_split(prepared, "test")
     counts = read_stats(prepared)["counts"]
     loaded = [load_checkpoint(m.checkpoint, m.name) for m in models]
     with OutputSet(report.with_name(f".{report.name}.commit.json")) as out:
         figures = out.dir(fig_dir)
-        results = [evaluate_model(m, model, meta, train, test, params, out, figures, device)
+        results = [evaluate_model(m, model, meta, test, params, out, figures, device)
                    for m, (model, meta) in zip(models, loaded, strict=True)]
         write_report(results, out.file(report), counts, fig_dir, report)
     return results

@@ -161,12 +161,18 @@ class TrainParams(Strict, Generic[A]):
     # 1.1 reads that as false.
     amp: Literal["none", "bf16", "fp16", "auto"]
     threads: int = Field(ge=0, le=1024, description="CPU threads; 0 = torch's default")
+    # portable: the same bits on every CPU of a tier (fmnist.numerics); native: the
+    # libraries' own choice of kernels, the same bits on the same kind of CPU only
+    numerics: Literal["portable", "native"]
     eval_batch_size: int = Field(ge=1, le=100_000)
     distributed: Distributed
 
     @model_validator(mode="after")
     def _consistent(self) -> TrainParams:
         d = self.distributed
+        if self.numerics == "portable" and not self.threads:
+            raise ValueError("threads: portable numerics need a fixed thread count "
+                             "(threads >= 1; it is part of the recipe)")
         # What needs CUDA (nccl, fp16) is checked once the device is known, for
         # device: auto too: fmnist.runtime.check_device.
         if self.batch_size % d.world:
@@ -190,6 +196,8 @@ class EvaluateParams(Strict):
     device: Literal["auto", "cpu", "cuda", "mps"]
     # test-time augmentation: average the logits of each image and its mirror image
     tta: Literal["none", "hflip"]
+    threads: int = Field(ge=1, le=1024, description="CPU threads, pinned as in training")
+    numerics: Literal["portable", "native"]  # as in training: fmnist.numerics
 
 
 class PackageParams(Strict):

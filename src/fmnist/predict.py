@@ -76,7 +76,7 @@ class OnnxModel:
     """An exported ``model.onnx``: float32 (N, 1, 28, 28) pixels in [0, 1] -> logits; the
     normalization is in the graph, the model's name and view in its metadata."""
 
-    def __init__(self, path: Path, batch_size: int):
+    def __init__(self, path: Path, batch_size: int, threads: int = 0):
         try:
             import onnxruntime as ort
         except ImportError:
@@ -86,6 +86,7 @@ class OnnxModel:
             raise UserError(f"{path}: no such file")
         options = ort.SessionOptions()
         options.log_severity_level = 3
+        options.intra_op_num_threads = threads  # 0: ONNX Runtime's own choice
         try:
             self.session = ort.InferenceSession(str(path), options,
                                                 providers=["CPUExecutionProvider"])

@@ -22,7 +22,9 @@ from pathlib import Path
 import torch
 import torch.distributed as dist
 
+from fmnist import numerics as numerics_
 from fmnist.common import ERROR_FILE_ENV, UserError, fail
+from fmnist.numerics import Numerics
 from fmnist.params import RuntimeParams, TrainParams
 
 # The CPU flags of native bf16 arithmetic (AVX512-BF16, AMX), where bf16 matmuls run at
@@ -35,6 +37,7 @@ class Runtime:
     device: torch.device
     rank: int = 0
     world: int = 1
+    numerics: Numerics = Numerics("native", None, 0)
 
     @property
     def main(self) -> bool:
@@ -142,12 +145,29 @@ def keep_freed_memory() -> bool:
         (_M_TOP_PAD, 64 << 20)))
 
 
+def pin_numerics(mode: str, threads: int, device: torch.device) -> Numerics:
+    """Pin the kernels (``fmnist.numerics``) and the thread count before the process's
+    first tensor operation, then ask the libraries what they chose; what did not take
+    effect is one warning line, and the run records no tier."""
+    chosen = numerics_.pin(mode, threads, device.type)
+    if threads:
+        torch.set_num_threads(threads)
+    torch.set_float32_matmul_precision("highest")
+    checked = numerics_.check(chosen)
+    if checked.problems and int(os.environ.get("RANK", "0")) == 0:
+        print(numerics_.describe_problems(checked), file=sys.stderr)
+    return checked
+
+
 def setup_runtime(params: TrainParams, where: str) -> Runtime:
-    """Pin threads, make kernels deterministic, check what needs CUDA, and join the
-    process group under torchrun."""
+    """Pin numerics and threads, make kernels deterministic, check what needs CUDA, and
+    join the process group under torchrun."""
     keep_freed_memory()
-    if params.threads:
-        torch.set_num_threads(params.threads)
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    rank = int(os.environ.get("RANK", "0"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    dev = resolve_device(params.device, local_rank)
+    pinned = pin_numerics(params.numerics, params.threads, dev)
     os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
     torch.use_deterministic_algorithms(True, warn_only=True)
     # Deterministic mode also fills every new tensor with NaN, a guard against kernels
@@ -155,10 +175,6 @@ def setup_runtime(params: TrainParams, where: str) -> Runtime:
     # bit-identical weights, tested), and the fill is one more pass over each buffer.
     torch.utils.deterministic.fill_uninitialized_memory = False
     torch.backends.cudnn.benchmark = False
-    world = int(os.environ.get("WORLD_SIZE", "1"))
-    rank = int(os.environ.get("RANK", "0"))
-    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
-    dev = resolve_device(params.device, local_rank)
     check_device(params, dev, where)
     backend = params.distributed.backend
     if world > 1 and not dist.is_initialized():
@@ -167,7 +183,7 @@ def setup_runtime(params: TrainParams, where: str) -> Runtime:
         if dev.type == "cuda":
             torch.cuda.set_device(dev)
         dist.init_process_group(backend=backend, timeout=timedelta(minutes=30))
-    return Runtime(dev, rank, world)
+    return Runtime(dev, rank, world, pinned)
 
 
 def teardown_runtime() -> None:
@@ -220,14 +236,8 @@ def cpu_model() -> str:
 def cpu_flags() -> list[str]:
     """The ISA extensions that decide which kernels torch picks (and so the bits)."""
     wanted = ("avx2", "fma", "avx512f", "avx512_vnni", "amx_tile", *NATIVE_BF16_FLAGS)
-    try:
-        for line in open("/proc/cpuinfo", encoding="utf-8"):
-            if line.startswith("flags"):
-                have = set(line.split(":", 1)[1].split())
-                return [f for f in wanted if f in have]
-    except OSError:
-        pass
-    return []
+    have = numerics_.cpu_flags()
+    return [f for f in wanted if f in have]
 
 
 def environment(rt: Runtime) -> dict[str, object]:
@@ -242,4 +252,6 @@ def environment(rt: Runtime) -> dict[str, object]:
         "device": rt.device.type,
         "gpu": torch.cuda.get_device_name(rt.device) if rt.device.type == "cuda" else None,
         "world_size": rt.world,
+        "numerics": rt.numerics.record(),
+        **({"numerics_problems": list(rt.numerics.problems)} if rt.numerics.problems else {}),
     }

@@ -347,8 +347,20 @@ def log_live(live: Any, row: dict[str, float]) -> None:
     live.next_step()  # writes metrics.json and signals VS Code that a step is done
 
 
+@torch.no_grad()
+def final_training_scores(trainer: Trainer, data: Data, params: TrainParams,
+                          rt: Runtime) -> dict[str, float]:
+    """The write-up's training loss and accuracy: the finished model in eval mode, in
+    fp32 and the single view, on the whole training split (no augmentation), measured
+    here where the model is in memory so that ``evaluate`` reads the test split only."""
+    logits = predict_logits(trainer.result, data.train, data.stats, params.eval_batch_size,
+                            rt.device)
+    loss, accuracy = loss_and_accuracy(logits, data.train.labels.cpu())
+    return {"loss": loss, "accuracy": accuracy}
+
+
 def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: Runtime,
-             progress: Progress) -> dict[str, Any]:
+             progress: Progress, train_scores: dict[str, float]) -> dict[str, Any]:
     """meta.json: what rebuilds and describes the model. A pure function of the run's
     inputs: no times, hosts or paths (those go to the timings file)."""
     return {
@@ -362,8 +374,10 @@ def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: R
         "epochs": params.epochs,
         "device": rt.device.type,
         "world_size": rt.world,
+        "numerics": rt.numerics.record(),
         "final": {k: v for k, v in progress.history[-1].items() if k in CURVE_FIELDS}
         if progress.history else {},
+        "train_scores": train_scores,
     }
 
 
@@ -415,7 +429,8 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
         if rt.distributed:
             dist.barrier()
 
-    meta = describe(name, params, trainer, data, rt, progress)
+    scores = final_training_scores(trainer, data, params, rt) if rt.main else {}
+    meta = describe(name, params, trainer, data, rt, progress, scores)
     if rt.main:
         # the model, its curves and timings appear together, or not at all
         with OutputSet(paths.out_dir.with_name(f".{paths.out_dir.name}.commit.json")) as out:
