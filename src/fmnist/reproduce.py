@@ -1,15 +1,22 @@
 """`fmnist reproduce` (`make reproduce`): re-run the committed training from scratch and
-compare it bit for bit.
+say whether it is the committed result: the same bits, or the same science.
 
     fmnist reproduce                                   # the LeNet
-    fmnist reproduce --stages train-lenet train-alexnet
+    fmnist reproduce --stages train-lenet train-alexnet [--json]
 
 Clones the repository's HEAD into a temporary folder, runs the chosen training stages
 there with `dvc repro` (and `download` and `preprocess` before them), from nothing, and
-compares every output's hash with the committed dvc.lock. Prints `reproduced` per stage,
-or what differs: the outputs, and the environment that the committed run recorded in
-its timings file (torch, CPU model and ISA flags, threads, device) against the one
-here. Exit code 1 on any mismatch.
+compares every output's hash with the committed dvc.lock. Where a training stage's bits
+differ (a GPU, another CPU tier, `native` numerics, another torch), the re-trained model
+is tested on the test split against the committed run's per-image predictions (the
+confusion CSV that `evaluate` committed): test accuracy committed and here, how often the
+two agree, and an exact McNemar test on the images that exactly one of them gets right.
+
+Verdict per stage: ``identical`` (bits equal), ``equivalent`` (p >= 0.05 and the test
+accuracies within 0.005) or ``different``; exit code 0 when every stage is identical or
+equivalent, 1 when one is different, 2 on an error. A stage that is not identical also
+gets what differs: the outputs, and the environment its timings recorded (torch, CPU,
+ISA flags, threads, numerics) against the one here.
 """
 
 from __future__ import annotations
@@ -20,8 +27,9 @@ import shlex
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import Any, TextIO
 
 import yaml
 
@@ -30,6 +38,11 @@ from fmnist.runtime import NATIVE_BF16_FLAGS
 from fmnist.stack import LOCK_FILE, differences
 
 UPSTREAM = ("download", "preprocess")
+# The verdict's thresholds: a McNemar p-value at or above ALPHA and test accuracies
+# within MAX_ACCURACY_GAP of each other make two models the same result
+ALPHA = 0.05
+MAX_ACCURACY_GAP = 0.005
+VERDICTS = ("identical", "equivalent", "different")
 
 
 def outs(lock: dict[str, Any], stage: str) -> dict[str, str]:
@@ -51,11 +64,133 @@ def environment_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]
             for k in keys if not same[k]]
 
 
-def timings_path(pipeline: dict[str, Any], stage: str) -> str | None:
-    """Where a training stage records its timings: its cmd's ``--timings`` in dvc.yaml,
-    the one place paths live."""
+def cmd_option(pipeline: dict[str, Any], stage: str, flag: str) -> list[str]:
+    """The values after ``flag`` in a stage's cmd in dvc.yaml (the one place paths
+    live): ``--timings`` of a training stage, ``--confusion`` of evaluate."""
     words = shlex.split(pipeline.get("stages", {}).get(stage, {}).get("cmd", ""))
-    return words[words.index("--timings") + 1] if "--timings" in words[:-1] else None
+    if flag not in words:
+        return []
+    values = []
+    for word in words[words.index(flag) + 1:]:
+        if word.startswith("--"):
+            break
+        values.append(word)
+    return values
+
+
+def timings_path(pipeline: dict[str, Any], stage: str) -> str | None:
+    """Where a training stage records its timings: its cmd's ``--timings``."""
+    return next(iter(cmd_option(pipeline, stage, "--timings")), None)
+
+
+# ---------------------------------------------------------------- the statistical verdict
+
+
+def mcnemar_p(only_committed: int, only_here: int) -> float:
+    """The exact (binomial) two-sided McNemar test: under the hypothesis that the two
+    models are equally accurate, each image that exactly one of them gets right is that
+    one's with probability 1/2."""
+    from scipy.stats import binomtest
+
+    n = only_committed + only_here
+    return 1.0 if n == 0 else float(binomtest(only_committed, n, 0.5).pvalue)
+
+
+@dataclass(frozen=True)
+class Comparison:
+    """A re-trained model against the committed run, on the same test images."""
+
+    committed: float   # test accuracy
+    here: float
+    agreement: float   # fraction of images given the same class
+    only_committed: int  # images only the committed model gets right
+    only_here: int
+    p_value: float
+
+    @property
+    def verdict(self) -> str:
+        gap = round(abs(self.here - self.committed), 12)  # 0.995 - 1 is not quite 0.005
+        same = self.p_value >= ALPHA and gap <= MAX_ACCURACY_GAP
+        return "equivalent" if same else "different"
+
+
+def compare_predictions(labels: list[int], committed: list[int], here: list[int]) -> Comparison:
+    if not len(labels) == len(committed) == len(here) or not labels:
+        raise UserError(f"the committed predictions ({len(committed)}) and this run's "
+                        f"({len(here)}) do not cover the same {len(labels)} test images")
+    right_c = [c == y for c, y in zip(committed, labels, strict=True)]
+    right_h = [h == y for h, y in zip(here, labels, strict=True)]
+    only_c = sum(a and not b for a, b in zip(right_c, right_h, strict=True))
+    only_h = sum(b and not a for a, b in zip(right_c, right_h, strict=True))
+    n = len(labels)
+    return Comparison(sum(right_c) / n, sum(right_h) / n,
+                      sum(c == h for c, h in zip(committed, here, strict=True)) / n,
+                      only_c, only_h, mcnemar_p(only_c, only_h))
+
+
+def read_confusion(text: str, where: str) -> tuple[list[int], list[int]]:
+    """(actual, predicted) class indices per test image, from a confusion CSV's text."""
+    import csv
+    import io
+
+    from fmnist import CLASSES
+
+    index = {c: i for i, c in enumerate(CLASSES)}
+    try:
+        rows = list(csv.DictReader(io.StringIO(text)))
+        return [index[r["actual"]] for r in rows], [index[r["predicted"]] for r in rows]
+    except (KeyError, csv.Error) as exc:
+        raise UserError(f"{where} is not a confusion CSV of this project's classes "
+                        f"({type(exc).__name__}: {exc}); `dvc repro evaluate` writes it") from None
+
+
+def predictions_here(clone: Path, pipeline: dict[str, Any], stage: str,
+                     model: str) -> tuple[list[int], list[int]]:
+    """The clone's re-trained model on the clone's test split, in the view and numerics
+    that evaluate uses (its params): (labels, predicted classes)."""
+    import torch
+
+    from fmnist.checkpoint import load_checkpoint
+    from fmnist.data import load_split
+    from fmnist.inference import input_stats, predict_views
+    from fmnist.params import EvaluateParams, load_section
+    from fmnist.runtime import pin_numerics, resolve_device
+
+    params = load_section("evaluate", EvaluateParams, clone / "params.yaml")
+    device = resolve_device(params.device)
+    pin_numerics(params.numerics, params.threads, device)
+    out = cmd_option(pipeline, stage, "--out")
+    prepared = cmd_option(pipeline, stage, "--prepared")
+    if not out or not prepared:
+        raise UserError(f"dvc.yaml: the {stage} command names no --out or --prepared")
+    net, meta = load_checkpoint(clone / out[0], model)
+    test = load_split(clone / prepared[0], "test")
+    logits = predict_views(net.to(device), test, input_stats(meta), params.batch_size,
+                           device)[params.tta]
+    return test.labels.tolist(), torch.argmax(logits, 1).tolist()
+
+
+def statistical(repo: Path, clone: Path, pipeline: dict[str, Any], stage: str) -> Comparison:
+    from fmnist.models import MODELS
+
+    model = next((m.name for m in MODELS.values() if m.stage == stage), None)
+    if model is None:
+        raise UserError(f"{stage} is not a training stage: only bits can be compared")
+    names = cmd_option(pipeline, "evaluate", "--models")
+    paths = cmd_option(pipeline, "evaluate", "--confusion")
+    if model not in names or len(paths) != len(names):
+        raise UserError(f"dvc.yaml: evaluate's command names no --confusion for {model}")
+    path = paths[names.index(model)]
+    text = committed(repo, path)
+    if text is None:
+        raise UserError(f"{path} is not committed: the committed run's predictions are "
+                        "needed for a verdict (`dvc repro evaluate`, then commit)")
+    labels, then = read_confusion(text, f"{path} (committed)")
+    labels_here, now = predictions_here(clone, pipeline, stage, model)
+    if labels != labels_here:
+        raise UserError(f"{path} (committed) is not about this test split: its labels "
+                        "differ from data/prepared's")
+    return compare_predictions(labels, then, now)
 
 
 def clone_env(clone: Path, home: Path) -> dict[str, str]:
@@ -70,9 +205,10 @@ def clone_env(clone: Path, home: Path) -> dict[str, str]:
                                                         os.environ.get("PYTHONPATH")]))}
 
 
-def run_in(cmd: list[str], cwd: Path, env: dict[str, str], what: str) -> None:
+def run_in(cmd: list[str], cwd: Path, env: dict[str, str], what: str,
+           stdout: TextIO | None = None) -> None:
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, text=True)
+        proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=stdout)
     except FileNotFoundError:
         raise UserError(f"{cmd[0]} not found: run `make install` first") from None
     if proc.returncode != 0:
@@ -110,37 +246,91 @@ def explain(clone: Path, stage: str, timings: str | None,
                      "data or params differ, or a kernel is not deterministic here"]
 
 
-def reproduce(repo: Path, stages: list[str], workdir: Path) -> bool:
+@dataclass
+class StageResult:
+    stage: str
+    bitwise: bool
+    verdict: str
+    differs: list[str]          # outputs: "path: committed X, here Y"
+    why: list[str]              # the environments' differences
+    comparison: Comparison | None = None
+
+    def as_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"bitwise": self.bitwise, "verdict": self.verdict}
+        if self.comparison is not None:
+            c = self.comparison
+            out.update({"test_accuracy": {"committed": c.committed, "here": c.here},
+                        "agreement": c.agreement, "p_value": c.p_value,
+                        "only_committed_right": c.only_committed,
+                        "only_here_right": c.only_here})
+        if not self.bitwise:
+            out.update({"outputs": self.differs, "environment": self.why})
+        return out
+
+    def headline(self) -> str:
+        if self.bitwise:
+            return f"{self.stage}: identical (reproduced bit for bit)"
+        c = self.comparison
+        if c is None:
+            return f"{self.stage}: different (NOT reproduced: its outputs differ)"
+        return (f"{self.stage}: {self.verdict} (not bit-identical; test accuracy "
+                f"{c.committed:.4f} committed, {c.here:.4f} here; same class for "
+                f"{c.agreement:.2%} of images; McNemar p = {c.p_value:.3g})")
+
+
+def check_stage(repo: Path, clone: Path, pipeline: dict[str, Any], lock: dict[str, Any],
+                new: dict[str, Any], stage: str) -> StageResult:
+    want, got = outs(lock, stage), outs(new, stage)
+    if want and want == got:
+        return StageResult(stage, True, "identical", [], [])
+    differs = [f"{path}: committed {want.get(path)}, here {got.get(path)}"
+               for path in sorted(set(want) | set(got)) if want.get(path) != got.get(path)]
+    timings = timings_path(pipeline, stage)
+    why = explain(clone, stage, timings, committed(repo, timings) if timings else None)
+    if stage in UPSTREAM:  # data: only bits count
+        return StageResult(stage, False, "different", differs, why)
+    comparison = statistical(repo, clone, pipeline, stage)
+    return StageResult(stage, False, comparison.verdict, differs, why, comparison)
+
+
+def reproduce(repo: Path, stages: list[str], workdir: Path, as_json: bool = False) -> int:
+    """Re-run ``stages`` in a clone of ``repo``'s HEAD under ``workdir``; print the
+    verdicts (one JSON object with ``as_json``); return the exit code."""
     lock_text = committed(repo, "dvc.lock")
     if lock_text is None:
         raise UserError(f"no committed dvc.lock in {repo}'s HEAD: nothing to reproduce")
-    lock = yaml.safe_load(lock_text)
-    unknown = [s for s in stages if s not in lock.get("stages", {})]
+    try:
+        lock = yaml.safe_load(lock_text)
+    except yaml.YAMLError:
+        lock = None
+    if not isinstance(lock, dict) or not isinstance(lock.get("stages"), dict):
+        raise UserError(f"the committed dvc.lock in {repo}'s HEAD is not DVC's lock file "
+                        "(no mapping of stages): `dvc repro` and commit it again")
+    unknown = [s for s in stages if s not in lock["stages"]]
     if unknown:
         raise UserError(f"no stage {unknown[0]!r} in the committed dvc.lock (there: "
-                        f"{', '.join(lock.get('stages', {}))})")
+                        f"{', '.join(lock['stages'])})")
+    log = sys.stderr if as_json else sys.stdout
     clone = workdir / "clone"
     env = clone_env(clone, workdir / "home")
     run_in(["git", "clone", "-q", str(repo), str(clone)], workdir, env, f"for {repo}")
-    print(f"re-running {', '.join(stages)} from scratch in {clone} ...", flush=True)
+    print(f"re-running {', '.join(stages)} from scratch in {clone} ...", file=log, flush=True)
     t0 = time.perf_counter()
-    run_in(["dvc", "repro", "--no-run-cache", *stages], clone, env, f"in the clone {clone}")
-    print(f"done in {time.perf_counter() - t0:.0f} s")
+    run_in(["dvc", "repro", "--no-run-cache", *stages], clone, env, f"in the clone {clone}",
+           stdout=log)
+    print(f"done in {time.perf_counter() - t0:.0f} s", file=log, flush=True)
     new = yaml.safe_load((clone / "dvc.lock").read_text())
     pipeline = yaml.safe_load((clone / "dvc.yaml").read_text())
-    ok = True
-    for stage in [*UPSTREAM, *stages]:
-        want, got = outs(lock, stage), outs(new, stage)
-        if want and want == got:
-            print(f"{stage}: reproduced")
-            continue
-        ok = False
-        print(f"{stage}: NOT reproduced")
-        for path in sorted(set(want) | set(got)):
-            if want.get(path) != got.get(path):
-                print(f"  {path}: committed {want.get(path)}, here {got.get(path)}")
-        timings = timings_path(pipeline, stage)
-        for line in explain(clone, stage, timings,
-                            committed(repo, timings) if timings else None):
-            print(f"  {line}")
-    return ok
+    results = [check_stage(repo, clone, pipeline, lock, new, stage)
+               for stage in [*UPSTREAM, *stages]]
+    if as_json:
+        print(json.dumps({r.stage: r.as_dict() for r in results}, indent=1))
+    else:
+        for r in results:
+            print(r.headline())
+        for r in results:
+            if not r.bitwise:
+                print(f"{r.stage}: what differs from the committed run")
+                for line in [*r.differs, *r.why]:
+                    print(f"  {line}")
+    return 1 if any(r.verdict == "different" for r in results) else 0

@@ -205,6 +205,13 @@ def resume_or_start(name: str, params: TrainParams, data: Data, paths: RunPaths,
         if not 0 < progress.epoch < params.epochs + 1 \
                 or steps_done != progress.epoch * data.steps_per_epoch:
             raise ValueError("its epoch and its scheduler disagree")
+        if progress.epoch == params.epochs:
+            # A finished run (killed before its outputs were swapped in, or a state
+            # kept from elsewhere): `dvc repro -f` means train, so train from scratch
+            if rt.main:
+                print(f"{name}: the saved state in {paths.state} is of a finished run; "
+                      "training from scratch")
+            return make_trainer(name, params, rt.device, total), Progress(), fp
         trainer.load_state_dict(state)
     except (RuntimeError, KeyError, ValueError, TypeError) as exc:
         # The fingerprint matched but the content does not fit: start over all the same.
