@@ -42,13 +42,14 @@ from fmnist import files
 root = Path(sys.argv[1])
 calls = []
 real = files.swap_in
-def dying(tmp, path):
+def dying(tmp, path, **kw):
     if calls:
         os._exit(9)
     calls.append(path)
-    real(tmp, path)
+    return real(tmp, path, **kw)
 files.swap_in = dying
-with files.OutputSet(root / ".set.commit.json") as out:
+with files.OutputSet(root / ".set.commit.json",
+                     [root / "a.json", root / "b.json", root / "figs"]) as out:
     for name in ("a.json", "b.json"):
         out.file(root / name).write_text("new " + name)
     d = out.dir(root / "figs")
@@ -67,7 +68,8 @@ def test_a_set_killed_while_swapping_is_completed_by_the_next_run(tmp_path):
     assert (tmp_path / "a.json").read_text() == "new a.json"
     assert (tmp_path / "b.json").read_text() == "old b.json"
     assert (tmp_path / ".set.commit.json").exists()
-    OutputSet(tmp_path / ".set.commit.json")  # the next run's first step
+    OutputSet(tmp_path / ".set.commit.json",  # the next run's first step
+              [tmp_path / "a.json", tmp_path / "b.json", tmp_path / "figs"])
     assert (tmp_path / "b.json").read_text() == "new b.json"
     assert (tmp_path / "figs" / "x.png").read_text() == "new x"
     assert strays(tmp_path) == []
@@ -86,7 +88,7 @@ def dying(path):
         os._exit(9)
     real(path)
 files._remove = dying
-with files.OutputSet(root / ".set.commit.json") as out:
+with files.OutputSet(root / ".set.commit.json", [root / "lenet", root / "curves.tsv"]) as out:
     d = out.dir(root / "lenet")
     (d / "model.pt").write_text("new")
     out.file(root / "curves.tsv").write_text("new")
@@ -99,7 +101,7 @@ def test_a_set_killed_after_a_folder_exchange_keeps_the_new_folder(tmp_path):
     (tmp_path / "curves.tsv").write_text("old")
     proc = subprocess.run([PY, "-c", KILLED_AFTER_EXCHANGE, str(tmp_path)], cwd=ROOT)
     assert proc.returncode == 9
-    OutputSet(tmp_path / ".set.commit.json")
+    OutputSet(tmp_path / ".set.commit.json", [tmp_path / "lenet", tmp_path / "curves.tsv"])
     assert (tmp_path / "lenet" / "model.pt").read_text() == "new"
     assert (tmp_path / "curves.tsv").read_text() == "new"
     assert strays(tmp_path) == []
@@ -107,7 +109,8 @@ def test_a_set_killed_after_a_folder_exchange_keeps_the_new_folder(tmp_path):
 
 def test_a_set_that_fails_writes_nothing(tmp_path):
     (tmp_path / "a.json").write_text("old")
-    with pytest.raises(RuntimeError), OutputSet(tmp_path / ".j") as out:
+    with pytest.raises(RuntimeError), \
+            OutputSet(tmp_path / ".j", [tmp_path / "a.json", tmp_path / "figs"]) as out:
         out.file(tmp_path / "a.json").write_text("new")
         out.dir(tmp_path / "figs")
         raise RuntimeError("the second model is unreadable")
@@ -363,3 +366,113 @@ def test_nan_is_never_written_to_meta_json(prepared):
     assert "NaN" not in text and "Infinity" not in text
     meta = json.loads(text)
     assert all(v is None or math.isfinite(v) for v in meta["final"].values())
+
+
+# ---------------------------------------------------------------- round four: the journal
+
+def _decoy(root: Path) -> Path:
+    """A folder with a set's temporary name, which a trusting recovery would swap in."""
+    tmp = root / ".a.json.1.x.part"
+    tmp.mkdir(exist_ok=True)
+    return tmp
+
+
+# Each would make the old recovery move or delete the victim folder outside the set
+HOSTILE_JOURNALS = {
+    "absolute target": lambda root, victim: [
+        [str(_decoy(root)), str(victim), _decoy(root).stat().st_ino]],
+    "../ target": lambda root, victim: [
+        [str(_decoy(root)), str(root / ".." / victim.name), _decoy(root).stat().st_ino]],
+    "foreign temporary": lambda root, victim: [
+        [str(victim), str(root / "a.json"), (root / "a.json").stat().st_ino]],
+    "wrong shape: a mapping": lambda root, victim: {"a": str(victim)},
+    "wrong shape: short entry": lambda root, victim: [[str(victim)]],
+    "wrong shape: bool inode": lambda root, victim: [[str(_decoy(root)),
+                                                      str(root / "a.json"), True]],
+}
+
+
+@pytest.mark.parametrize("kind", sorted(HOSTILE_JOURNALS))
+def test_a_hostile_journal_touches_nothing_and_is_set_aside(tmp_path, kind, capsys):
+    """A leftover journal can come with a clone or a pull request: one that names
+    anything but the set's own targets and temporary names is not executed."""
+    root, outside = tmp_path / "repo", tmp_path / "victim"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    (root / "a.json").write_text("old")
+    journal = root / ".set.commit.json"
+    journal.write_text(json.dumps(HOSTILE_JOURNALS[kind](root, outside)))
+    with OutputSet(journal, [root / "a.json"]) as out:
+        out.file(root / "a.json").write_text("new")
+    assert (outside / "precious").read_text() == "keep me"
+    assert (root / "a.json").read_text() == "new"
+    assert not journal.exists() and (root / ".set.commit.json.rejected").exists()
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "set aside" in err, err
+
+
+def test_a_journal_through_a_symlinked_temporary_is_refused(tmp_path):
+    root, outside = tmp_path / "repo", tmp_path / "victim"
+    root.mkdir()
+    outside.mkdir()
+    (outside / "precious").write_text("keep me")
+    link = root / ".a.json.1.x.part"
+    link.symlink_to(outside)
+    journal = root / ".set.commit.json"
+    journal.write_text(json.dumps([[str(link), str(root / "a.json"),
+                                    outside.stat().st_ino]]))
+    OutputSet(journal, [root / "a.json"])
+    assert (outside / "precious").read_text() == "keep me" and not (root / "a.json").exists()
+    assert (root / ".set.commit.json.rejected").exists()
+
+
+# ---------------------------------------------------------------- round four: all or nothing
+
+
+def _three_outputs(root: Path) -> list[Path]:
+    (root / "a.json").write_text("old a")
+    (root / "figs").mkdir()
+    (root / "figs" / "x.png").write_text("old x")
+    (root / "c.md").write_text("old c")
+    return [root / "a.json", root / "figs", root / "c.md"]
+
+
+def _write_set(root: Path, targets: list[Path]) -> None:
+    with OutputSet(root / ".j", targets) as out:
+        out.file(targets[0]).write_text("new a")
+        (out.dir(targets[1]) / "x.png").write_text("new x")
+        out.file(targets[2]).write_text("new c")
+
+
+def test_a_swap_that_fails_midway_puts_back_what_was_swapped(tmp_path, monkeypatch):
+    from fmnist import files
+    targets = _three_outputs(tmp_path)
+    before = snapshot(tmp_path, ".")
+    real = files.os.replace
+
+    def failing(a, b):  # the new c.md cannot be moved in (the old one can move back)
+        if Path(b) == targets[2] and not Path(a).name.endswith(".old.part"):
+            raise OSError(1, "Operation not permitted", str(b))
+        return real(a, b)
+    monkeypatch.setattr(files.os, "replace", failing)
+    with pytest.raises(OSError):
+        _write_set(tmp_path, targets)
+    monkeypatch.undo()
+    assert snapshot(tmp_path, ".") == before
+    assert strays(tmp_path) == []
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="chattr +i needs root")
+@pytest.mark.parametrize("which", [1, 2])
+def test_an_immutable_target_stops_the_set_before_the_first_swap(tmp_path, which):
+    targets = _three_outputs(tmp_path)
+    before = snapshot(tmp_path, ".")
+    subprocess.run(["chattr", "+i", str(targets[which])], check=True)
+    try:
+        with pytest.raises(UserError, match="cannot write"):
+            _write_set(tmp_path, targets)
+    finally:
+        subprocess.run(["chattr", "-i", str(targets[which])], check=True)
+    assert snapshot(tmp_path, ".") == before
+    assert strays(tmp_path) == []

@@ -16,6 +16,7 @@ import os
 import pickle
 import re
 import shutil
+import sys
 import tempfile
 import zipfile
 from collections.abc import Iterator
@@ -90,20 +91,48 @@ def _exchange(a: Path, b: Path) -> bool:
     raise OSError(err, os.strerror(err), str(b))
 
 
-def swap_in(tmp: Path, path: Path) -> None:
+def swap_in(tmp: Path, path: Path, keep_old: bool = False) -> Path | None:
     """Put ``tmp`` (a file or a folder) where ``path`` is, in one step where the system
-    allows: a reader sees the old or the new, never a mix or, with folders, nothing."""
+    allows: a reader sees the old or the new, never a mix or, with folders, nothing.
+    With ``keep_old`` the old version is kept aside and its place returned (None where
+    there was none), so that a set can put it back."""
     if path.is_dir() and not path.is_symlink():
         if _exchange(tmp, path):
-            _remove(tmp)  # now the old folder
-            return
+            if keep_old:
+                return tmp  # now the old folder
+            _remove(tmp)
+            return None
         old = path.with_name(f".{path.name}.old")  # two renames; sweep() repairs a cut
         _remove(old)
         os.replace(path, old)
         os.replace(tmp, path)
+        if keep_old:
+            return old
         _remove(old)
+    elif keep_old and (path.exists() or path.is_symlink()):
+        backup = path.with_name(f".{path.name}.{os.getpid()}.old.part")
+        os.replace(path, backup)
+        try:
+            os.replace(tmp, path)
+        except OSError:
+            os.replace(backup, path)
+            raise
+        return backup
     else:
         os.replace(tmp, path)
+    return None
+
+
+def _put_back(path: Path, old: Path | None) -> None:
+    """Undo ``swap_in(..., keep_old=True)``: ``old`` (None: there was nothing) returns
+    to ``path``, and the new version goes."""
+    if old is None:
+        _remove(path)
+    elif old.is_dir() and path.is_dir() and not path.is_symlink() and _exchange(old, path):
+        _remove(old)
+    else:
+        _remove(path)
+        os.replace(old, path)
 
 
 @contextlib.contextmanager
@@ -146,24 +175,32 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
 class OutputSet:
     """A stage's outputs built aside and swapped in together, or not at all.
 
-        with OutputSet(journal) as out:
+        with OutputSet(journal, [metrics, fig_dir]) as out:
             write_json(out.file(metrics), ...)    # temporary paths beside the targets
             figures(out.dir(fig_dir))
         # on success every target is swapped in; on an exception none is
 
-    Swapping several paths is not one step: the pairs are written to ``journal`` first,
-    and a run killed while swapping is completed (rolled forward) by the next
-    ``OutputSet`` on the same journal, before it does anything else. Leftovers of a
-    killed run's temporary paths are removed as in ``sweep``.
+    Every target must be replaceable before the first swap (``check_writable``), and a
+    swap that fails midway puts back what the set had already swapped, so a failure
+    leaves every output as it was. Swapping several paths is not one step: the pairs
+    are written to ``journal`` first, and a run killed while swapping is completed
+    (rolled forward) by the next ``OutputSet`` on the same journal and targets, before
+    it does anything else. A journal is trusted only as far as it names this set's
+    targets and their own temporary names (``recover``). Leftovers of a killed run's
+    temporary paths are removed as in ``sweep``.
     """
 
-    def __init__(self, journal: str | os.PathLike[str]):
+    def __init__(self, journal: str | os.PathLike[str],
+                 targets: list[str | os.PathLike[str]]):
         self.journal = Path(journal)
+        self.targets = [Path(t) for t in targets]
         self.staged: list[tuple[Path, Path]] = []
-        recover(self.journal)
+        recover(self.journal, self.targets)
 
     def _stage(self, path: str | os.PathLike[str], folder: bool) -> Path:
         path = Path(path)
+        if path not in self.targets:
+            raise ValueError(f"{path} is not one of this set's targets")
         path.parent.mkdir(parents=True, exist_ok=True)
         sweep(path)
         prefix, suffix = _part(path)
@@ -185,13 +222,31 @@ class OutputSet:
         return self._stage(path, folder=True)
 
     def commit(self) -> None:
+        try:
+            check_writable([p for _, p in self.staged], "swapping in the outputs")
+        except UserError:
+            self.discard()
+            raise
         # each temporary path's inode: after a folder exchange the temporary name holds
         # the old folder, and recover() must not mistake it for the new one
         with atomic_path(self.journal) as tmp:
             tmp.write_text(json.dumps([[str(t), str(p), t.stat().st_ino]
                                        for t, p in self.staged]))
-        for tmp, path in self.staged:
-            swap_in(tmp, path)
+        done: list[tuple[Path, Path | None]] = []
+        try:
+            for tmp, path in self.staged:
+                existed = path.exists() or path.is_symlink()
+                old = swap_in(tmp, path, keep_old=True)
+                done.append((path, old if existed else None))
+        except OSError:
+            for path, old in reversed(done):  # put back what was swapped
+                _put_back(path, old)
+            self.journal.unlink(missing_ok=True)
+            self.discard()
+            raise
+        for _, old in done:
+            if old is not None:
+                _remove(old)
         self.journal.unlink()
         self.staged = []
 
@@ -210,23 +265,67 @@ class OutputSet:
             self.discard()
 
 
-def recover(journal: str | os.PathLike[str]) -> None:
-    """Finish the swaps of an ``OutputSet`` whose run was killed while swapping."""
+def _journal_entries(journal: Path, targets: list[Path]) -> list[tuple[Path, Path, int]]:
+    """The journal's entries, if each names one of ``targets`` and, beside it, a
+    temporary path of the set's own naming that is no symlink; else ValueError."""
+    pairs = json.loads(journal.read_text(encoding="utf-8"))
+    allowed = {os.path.abspath(t): t for t in targets}
+    if not isinstance(pairs, list):
+        raise ValueError("not a list of entries")
+    out = []
+    for entry in pairs:
+        if not (isinstance(entry, list) and len(entry) == 3
+                and all(isinstance(x, str) for x in entry[:2])
+                and isinstance(entry[2], int) and not isinstance(entry[2], bool)):
+            raise ValueError(f"an entry of the wrong shape: {shorten(repr(entry), 80)}")
+        tmp, path = os.path.abspath(entry[0]), os.path.abspath(entry[1])
+        if path not in allowed:
+            raise ValueError(f"{shorten(entry[1], 80)} is none of this set's outputs")
+        name = os.path.basename(path)
+        if os.path.dirname(tmp) != os.path.dirname(path) or not re.fullmatch(
+                rf"\.{re.escape(name)}\.\d+\.[^./]+\.part", os.path.basename(tmp)):
+            raise ValueError(f"{shorten(entry[0], 80)} is not a temporary path of {name}")
+        if os.path.islink(tmp):
+            raise ValueError(f"{shorten(entry[0], 80)} is a symlink")
+        out.append((Path(tmp), allowed[path], entry[2]))
+    return out
+
+
+def recover(journal: str | os.PathLike[str], targets: list[Path]) -> None:
+    """Finish the swaps of an ``OutputSet`` whose run was killed while swapping. A
+    journal that names anything but ``targets`` and their temporary paths (it may have
+    come with a clone or a pull request) is set aside, with one warning line, and
+    nothing is touched."""
     journal = Path(journal)
     if not journal.exists():
         return
     try:
-        pairs = json.loads(journal.read_text())
-    except (OSError, ValueError):
-        pairs = []
-    for tmp, path, ino in pairs:
-        tmp, path = Path(tmp), Path(path)
+        entries = _journal_entries(journal, targets)
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
+        aside = journal.with_name(journal.name + ".rejected")
+        os.replace(journal, aside)
+        print(f"warning: {shorten(str(journal))} is not a journal of this stage's outputs "
+              f"({first_line(exc, 120)}); set aside as {aside.name}, nothing done",
+              file=sys.stderr)
+        return
+    for tmp, path, ino in entries:
         if path.exists() and path.stat().st_ino == ino:  # swapped in before the kill
             if tmp.exists():
                 _remove(tmp)  # the old folder, exchanged out
         elif tmp.exists() and tmp.stat().st_ino == ino:
             swap_in(tmp, path)
+    for _, path, _ in entries:
+        sweep(path)  # a dead writer's old versions kept aside
     journal.unlink(missing_ok=True)
+
+
+def shorten(text: str, limit: int = 160) -> str:
+    """``text`` cut in the middle to at most ``limit`` characters: a path in a one-line
+    error keeps its start and its file name."""
+    if len(text) <= limit:
+        return text
+    half = (limit - 3) // 2
+    return text[:half] + "..." + text[-(limit - 3 - half):]
 
 
 PROBE_BYTES = 1 << 16

@@ -440,7 +440,9 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
     meta = describe(name, params, trainer, data, rt, progress, scores)
     if rt.main:
         # the model, its curves and timings appear together, or not at all
-        with OutputSet(paths.out_dir.with_name(f".{paths.out_dir.name}.commit.json")) as out:
+        targets = [p for p in (paths.out_dir, paths.curves, paths.timings) if p is not None]
+        with OutputSet(paths.out_dir.with_name(f".{paths.out_dir.name}.commit.json"),
+                       targets) as out:
             save_model(trainer.result, meta, out.dir(paths.out_dir))
             write_curves(out.file(paths.curves), progress.history)
             if paths.timings is not None:
