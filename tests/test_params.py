@@ -18,7 +18,7 @@ from fmnist.params import (
     load_section,
 )
 from tests.support import assert_one_line_error as one_line
-from tests.support import run_script, run_stage, set_params
+from tests.support import commit, run_script, run_stage, set_params
 from tools import ROOT
 
 LOADERS = {
@@ -218,3 +218,82 @@ def test_distributed_launch_checks_before_torchrun(workdir):
     proc = run_stage(workdir, "train-lenet")  # nothing prepared yet
     one_line(proc, "data/prepared/train.pt not found", "dvc repro preprocess")
     assert "torch.distributed" not in proc.stderr
+
+
+# ---------------------------------------------------------------- read as DVC reads them
+
+LOOKALIKES = "a: 0042\nb: 1:00\nc: no\nd: 0o17\ne: 010\nf: yes\ng: off\nh: 1e3\ni: 0x1F\n"
+
+
+def test_params_are_read_as_dvc_reads_them():
+    """YAML 1.2 (DVC's ruamel.yaml), not PyYAML's 1.1: an octal-, sexagesimal- or
+    boolean-looking value means to the stage what `dvc params diff` shows."""
+    from dvc.utils.serialize import parse_yaml
+
+    from fmnist.params import load_yaml
+
+    ours, dvcs = load_yaml(LOOKALIKES), parse_yaml(LOOKALIKES, "params.yaml")
+    assert ours == dict(dvcs)
+    assert ours["a"] == 42 and ours["b"] == "1:00" and ours["c"] == "no"
+    assert yaml.safe_load(LOOKALIKES)["a"] == 34  # what the stages read before
+
+
+def test_params_from_dvc_params_diff_are_the_stages(dvc_repo):
+    """The same against `dvc params diff` itself, through a committed params file."""
+    import json
+    import subprocess
+
+    from fmnist.params import read_params
+    repo, env = dvc_repo
+    (repo / "extra.yaml").write_text(LOOKALIKES)
+    (repo / "dvc.yaml").write_text("stages:\n  s:\n    cmd: \"true\"\n    params:\n"
+                                   "      - extra.yaml:\n" +
+                                   "".join(f"        - {k}\n" for k in "abcdefghi"))
+    commit(repo, env, "params that look like other types")  # --all: HEAD's values too
+    proc = subprocess.run(["dvc", "params", "diff", "--all", "--json"], cwd=repo, env=env,
+                          capture_output=True, text=True, check=True)
+    diff = json.loads(proc.stdout)
+    assert "extra.yaml" in diff, proc.stdout + proc.stderr
+    shown = {k: v["new"] for k, v in diff["extra.yaml"].items()}
+    assert shown == read_params(repo / "extra.yaml")
+
+
+@pytest.mark.parametrize("key, value", [
+    ("epochs", True), ("lr", "0.01"), ("threads", False), ("seed", 1.0),
+    ("normalize", "no"), ("augment", {"hflip": 1}), ("numerics", True)])
+def test_no_value_is_coerced(key, value):
+    from fmnist.params import validate
+    s = spec("lenet")
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())[s.section]
+    if isinstance(value, dict):
+        data[key] = {**data[key], **value}
+    else:
+        data[key] = value
+    with pytest.raises(UserError, match=f"train_lenet.{key}"):
+        validate(s.params, data, s.section)
+
+
+def _check_params(tmp_path, edit):
+    import subprocess
+    import sys
+    data = yaml.safe_load((ROOT / "params.yaml").read_text())
+    edit(data)
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
+    return subprocess.run([sys.executable, "-m", "fmnist.cli", "check-params", "--params",
+                           str(tmp_path / "params.yaml")], capture_output=True, text=True)
+
+
+@pytest.mark.parametrize("edit, needle", [
+    (lambda d: d.update(trainig={}), "unknown section 'trainig'"),
+    (lambda d: d["train_alexnet"]["arch"].update(fc=65536), "train_alexnet.arch: "),
+    (lambda d: d["preprocess"].update(val_size=59995),
+     "train_lenet.batch_size: 512 is more than the 5 training images"),
+    (lambda d: d["train_lenet"].update(device="cuda"), "device 'cuda' was asked for"),
+])
+def test_check_params_refuses_what_a_stage_would_refuse(tmp_path, edit, needle):
+    import torch
+    if "cuda" in needle and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    proc = _check_params(tmp_path, edit)
+    assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1

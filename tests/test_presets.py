@@ -1,5 +1,6 @@
 """Presets: partial params.yaml files, given to `dvc exp run` as --set-param arguments."""
 
+import shlex
 import subprocess
 
 import pytest
@@ -50,7 +51,7 @@ def test_the_fmnist_command_prints_a_preset_and_has_help():
     --help for the command and each subcommand."""
     proc = subprocess.run([PY, "-m", "fmnist.cli", "presets", "writeup"], cwd=ROOT,
                           capture_output=True, text=True, check=True)
-    assert proc.stdout.split() == set_args(load_preset("writeup", PRESETS))
+    assert shlex.split(proc.stdout) == set_args(load_preset("writeup", PRESETS))
     for args in ([], ["presets"], ["reproduce"]):
         proc = subprocess.run([PY, "-m", "fmnist.cli", *args, "--help"], cwd=ROOT,
                               capture_output=True, text=True)
@@ -58,3 +59,19 @@ def test_the_fmnist_command_prints_a_preset_and_has_help():
     proc = subprocess.run([PY, "-m", "fmnist.cli", "presets", "nope"], cwd=ROOT,
                           capture_output=True, text=True)
     assert proc.returncode == 2 and proc.stderr.startswith("error: no preset 'nope'")
+
+
+def test_a_value_holding_a_space_stays_one_word_and_nested_values_are_refused(tmp_path):
+    from fmnist.presets import shell_words
+    spaced = tmp_path / "spaced.yaml"
+    spaced.write_text("evaluate:\n  note: two words\n")
+    words = shlex.split(shell_words(set_args(load_preset(str(spaced)))))
+    assert words == ['--set-param=evaluate.note="two words"']
+    nested = tmp_path / "nested.yaml"
+    nested.write_text("train_lenet:\n  augment:\n    erase_area: [[1, 2]]\n")
+    with pytest.raises(UserError, match="erase_area: list values cannot be set"):
+        load_preset(str(nested))
+    dated = tmp_path / "dated.yaml"
+    dated.write_text("train_lenet:\n  seed: 2026-12-04\n")  # a date, to DVC too
+    with pytest.raises(UserError, match="seed: date values cannot be set"):
+        load_preset(str(dated))

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import yaml
 
+from fmnist.params import read_params
+
 ROOT = Path(__file__).resolve().parents[1]
 # What `dvc status` says of a file that is merely not here (not pulled, not produced)
 ABSENT = ("deleted", "not in cache")
@@ -53,7 +55,7 @@ def changed_keys(repo: Path, stage: str, params_file: str, entry: str) -> list[s
     from what dvc.lock recorded for ``stage``."""
     lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"].get(stage, {})
     then = lock.get("params", {}).get(params_file, {})
-    now = yaml.safe_load((repo / params_file).read_text()) or {}
+    now = read_params(repo / params_file)  # YAML 1.2, as DVC reads it
     for part in entry.split("."):
         now = now.get(part, {}) if isinstance(now, dict) else {}
     old, new = leaves(then.get(entry), entry), leaves(now, entry)

@@ -17,7 +17,7 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fmnist.common import StageArgumentParser, UserError, run_stage
+from fmnist.common import ParamsError, StageArgumentParser, UserError, run_stage
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -41,29 +41,48 @@ def _reproduce(args: argparse.Namespace) -> int:
 
 
 def _presets(args: argparse.Namespace) -> int:
-    from fmnist.presets import load_preset, set_args
+    from fmnist.presets import load_preset, set_args, shell_words
 
-    print(" ".join(set_args(load_preset(args.preset))))
+    print(shell_words(set_args(load_preset(args.preset))))
     return 0
 
 
 def _check_params(args: argparse.Namespace) -> int:
-    from fmnist.models import MODELS
+    """Every section as its stage reads it, and what a stage would refuse later, after
+    DVC had removed its outputs: a device this machine lacks, a model too big for its
+    memory, a split leaving fewer training images than a batch, an unknown section."""
+    from fmnist.models import MODELS, fits_in_memory
     from fmnist.params import (
+        TRAIN_IMAGES,
         DownloadParams,
         EvaluateParams,
         PackageParams,
         PreprocessParams,
         load_runtime,
         load_section,
+        read_params,
     )
+    from fmnist.runtime import check_device, resolve_device
 
     sections = {"download": DownloadParams, "preprocess": PreprocessParams,
                 "evaluate": EvaluateParams, "package": PackageParams}
-    for section, schema in sections.items():
-        load_section(section, schema, args.params)
+    known = {*sections, *(s.section for s in MODELS.values()), "runtime"}
+    unknown = sorted(set(read_params(args.params)) - known)
+    if unknown:
+        raise ParamsError(f"{args.params}: unknown section {unknown[0]!r} (known: "
+                          f"{', '.join(sorted(known))})")
+    loaded = {section: load_section(section, schema, args.params)
+              for section, schema in sections.items()}
+    resolve_device(loaded["evaluate"].device)
+    train_images = TRAIN_IMAGES - loaded["preprocess"].val_size
     for s in MODELS.values():
-        s.load_params(args.params)
+        p = s.load_params(args.params)
+        where = f"{args.params}: {s.section}"
+        check_device(p, resolve_device(p.device), where)
+        if p.batch_size > train_images:
+            raise ParamsError(f"{where}.batch_size: {p.batch_size} is more than the "
+                              f"{train_images:,} training images preprocess.val_size leaves")
+        fits_in_memory(s, p, where)
     load_runtime(args.params)
     print(f"{args.params}: every section is valid")
     return 0
@@ -100,7 +119,7 @@ def parser() -> argparse.ArgumentParser:
     p.set_defaults(run=_reproduce)
     p = sub.add_parser("presets", help="print a preset (presets/NAME.yaml) as "
                        "`dvc exp run` --set-param arguments",
-                       description="dvc exp run -n writeup $(fmnist presets writeup)")
+                       description='eval "dvc exp run -n writeup $(fmnist presets writeup)"')
     p.add_argument("preset", help="a name in presets/ or a path to a YAML file")
     p.set_defaults(run=_presets)
     p = sub.add_parser("check-params", help="validate every section of params.yaml, "

@@ -20,10 +20,11 @@ class ParamsError(UserError):
     """A params file that cannot be used: a bad value, a missing key, invalid YAML."""
 
 
-# Said after a ParamsError in a stage that DVC runs: DVC removed the stage's outputs
+# Said after every refusal of a stage that DVC runs: DVC removed the stage's outputs
 # before it started the command
-RECOVERY = ("; DVC removed this stage's outputs before running it: fix the value (or "
-            "`git checkout params.yaml`), then `dvc checkout` restores them from the cache")
+RECOVERY = ("; DVC removed this stage's outputs before running it: `dvc checkout` "
+            "restores them from the cache (after a bad value: fix it, or `git checkout "
+            "params.yaml`, first)")
 
 
 def first_line(exc: BaseException, limit: int = 100) -> str:
@@ -69,7 +70,7 @@ def run_stage(main: Callable[[], None]) -> None:
     try:
         main()
     except UserError as exc:
-        hint = RECOVERY if isinstance(exc, ParamsError) and os.environ.get("DVC_STAGE") else ""
+        hint = RECOVERY if os.environ.get("DVC_STAGE") else ""
         fail(f"{exc}{hint}")
     except BrokenPipeError:  # `fmnist predict ... | head`: the reader has left
         sys.stderr.close()

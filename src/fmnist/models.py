@@ -302,3 +302,27 @@ def build_model(name: str, arch: Strict | dict[str, Any] | None = None,
 
 def count_parameters(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters() if p.requires_grad)
+
+
+# Bytes per trainable parameter in training: weights, gradients and two Adam moments
+# (fp32); activations come on top, so the bound is a floor of what training needs
+TRAINING_BYTES_PER_PARAM = 16
+
+
+def fits_in_memory(s: Spec, params: TrainParams, where: str) -> None:
+    """Refuse an architecture whose training state alone exceeds this machine's memory
+    (counted on PyTorch's meta device: no memory is allocated), before any stage starts
+    and is killed for it with no line."""
+    import os
+
+    with torch.device("meta"):
+        n = count_parameters(s.build(params.arch))
+    need = n * TRAINING_BYTES_PER_PARAM
+    try:
+        have = os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return
+    if need > have:
+        raise UserError(f"{where}.arch: {n:,} parameters need at least {need / 2**30:.1f} "
+                        f"GiB to train (weights, gradients, Adam's moments), more than this "
+                        f"machine's {have / 2**30:.1f} GiB; make the model smaller")

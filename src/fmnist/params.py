@@ -22,7 +22,6 @@ from pathlib import Path
 from typing import Any, Generic, Literal, TypeVar
 from urllib.parse import urlparse
 
-import yaml
 from pydantic import (
     BaseModel,
     ConfigDict,
@@ -45,9 +44,11 @@ TRAIN_IMAGES = 60_000
 
 
 class Strict(BaseModel):
-    """Unknown keys are errors, and so are inf/nan: a typo must not be silently ignored."""
+    """Unknown keys are errors, and so are inf/nan: a typo must not be silently ignored.
+    Types are strict: no bool or string becomes a number, no number a bool (``epochs:
+    true`` or ``lr: "0.01"`` are errors, not 1 and 0.01); an int is a float."""
 
-    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False)
+    model_config = ConfigDict(extra="forbid", frozen=True, allow_inf_nan=False, strict=True)
 
 
 RAW_FILES = (
@@ -106,12 +107,14 @@ class Augment(Strict):
     crop_padding: int = Field(ge=0, le=8)
     hflip: bool
     erase: float = Field(ge=0, le=1, description="random erasing probability; 0 = off")
-    erase_area: tuple[float, float] = Field(description="erased fraction of the image")
-    erase_ratio: tuple[float, float] = Field(description="aspect ratio h/w")
+    erase_area: list[float] = Field(min_length=2, max_length=2,
+                                    description="erased fraction of the image: low, high")
+    erase_ratio: list[float] = Field(min_length=2, max_length=2,
+                                     description="aspect ratio h/w: low, high")
 
     @field_validator("erase_area", "erase_ratio")
     @classmethod
-    def _ordered_range(cls, v: tuple[float, float], info: ValidationInfo) -> tuple[float, float]:
+    def _ordered_range(cls, v: list[float], info: ValidationInfo) -> list[float]:
         top = 1 if info.field_name == "erase_area" else 1000  # an area is a fraction
         lo, hi = v
         if not 0 < lo <= hi <= top:
@@ -238,44 +241,60 @@ def validate(model: type[M], data: Any, where: str, source: str | Path = PARAMS_
 
 
 # YAML aliases a params file may hold: each can repeat a whole subtree, so a few nested
-# ones expand to gigabytes (a "billion laughs"); params.yaml needs none
+# ones expand to gigabytes (a "billion laughs"); params.yaml needs none. And how deep
+# mappings and lists may nest: params.yaml needs 4 levels, a parser recursing 2,000
+# deep runs out of stack
 MAX_ALIASES = 16
+MAX_DEPTH = 32
 
 
-class StrictLoader(yaml.SafeLoader):
-    """YAML as DVC reads params: a duplicate key is an error (PyYAML would keep the last
-    value silently), and aliases are bounded."""
+def load_yaml(text: str) -> Any:
+    """YAML 1.2, as DVC reads params (ruamel.yaml, its own parser): ``0042`` is 42,
+    ``1:00`` and ``no`` are strings. A duplicate key is an error (PyYAML would keep the
+    last value silently); aliases and depth are bounded, checked on the event stream
+    before anything is built. Raises ValueError with a one-line message."""
+    from ruamel.yaml import YAML
+    from ruamel.yaml.error import YAMLError as RuamelError
+    from ruamel.yaml.events import (
+        AliasEvent,
+        CollectionEndEvent,
+        CollectionStartEvent,
+        MappingStartEvent,
+        ScalarEvent,
+    )
 
-    def __init__(self, stream: str):
-        super().__init__(stream)
-        self.aliases = 0
-
-    def compose_node(self, parent, index):
-        if self.check_event(yaml.AliasEvent):
-            self.aliases += 1
-            if self.aliases > MAX_ALIASES:
-                mark = self.peek_event().start_mark
-                raise yaml.YAMLError(f"line {mark.line + 1}: more than {MAX_ALIASES} "
-                                     "aliases (*name)")
-        return super().compose_node(parent, index)
-
-    def construct_mapping(self, node, deep=False):
-        if isinstance(node, yaml.MappingNode):
-            seen: dict[Any, int] = {}
-            for key_node, _ in node.value:
-                if key_node.tag == "tag:yaml.org,2002:merge":
-                    continue  # `<<: *name`: its keys may be overridden here, by design
-                key = self.construct_object(key_node, deep=True)
-                line = key_node.start_mark.line + 1
-                try:
-                    duplicate = key in seen
-                except TypeError:  # an unhashable key: the constructor reports it
-                    continue
-                if duplicate:
-                    raise yaml.YAMLError(f"line {line}: duplicate key {_short(key)} (first "
-                                         f"at line {seen[key]}); one of them must go")
-                seen[key] = line
-        return super().construct_mapping(node, deep)
+    yaml12 = YAML(typ="safe", pure=True)
+    try:
+        aliases = 0
+        # per open collection: a mapping's keys so far (line of each) and whether the
+        # next node is a key; None for a sequence
+        stack: list[list[Any]] = []
+        for event in yaml12.parse(text):
+            line = event.start_mark.line + 1
+            if isinstance(event, AliasEvent):
+                aliases += 1
+                if aliases > MAX_ALIASES:
+                    raise ValueError(f"line {line}: more than {MAX_ALIASES} aliases (*name)")
+            if isinstance(event, ScalarEvent | AliasEvent | CollectionStartEvent) \
+                    and stack and stack[-1][0] is not None:
+                seen, is_key = stack[-1]
+                if is_key and isinstance(event, ScalarEvent) and event.value != "<<":
+                    if event.value in seen:  # `<<: *name` may be overridden, by design
+                        raise ValueError(f"line {line}: duplicate key {_short(event.value)} "
+                                         f"(first at line {seen[event.value]}); one of "
+                                         "them must go")
+                    seen[event.value] = line
+                stack[-1][1] = not is_key
+            if isinstance(event, CollectionStartEvent):
+                stack.append([{}, True] if isinstance(event, MappingStartEvent)
+                             else [None, False])
+                if len(stack) > MAX_DEPTH:
+                    raise ValueError(f"line {line}: nested more than {MAX_DEPTH} levels deep")
+            elif isinstance(event, CollectionEndEvent):
+                stack.pop()
+        return yaml12.load(text)
+    except RuamelError as exc:
+        raise ValueError(_excerpt(str(exc))) from None
 
 
 def _excerpt(text: str, limit: int = 160) -> str:
@@ -284,15 +303,17 @@ def _excerpt(text: str, limit: int = 160) -> str:
 
 
 def read_params(path: str | Path = PARAMS_FILE) -> dict[str, Any]:
-    """A params file, read strictly (``StrictLoader``)."""
+    """A params file, read as DVC reads it (``load_yaml``)."""
     path = Path(path)
+    if path.exists() and not path.is_file():
+        raise UserError(f"cannot read {path}: not a regular file (a FIFO or a folder?)")
     try:
-        data = yaml.load(path.read_text(encoding="utf-8"), Loader=StrictLoader)  # noqa: S506
+        data = load_yaml(path.read_text(encoding="utf-8"))
     except FileNotFoundError:
         raise UserError(f"{path} not found: run from the project root") from None
     except OSError as exc:
         raise UserError(f"cannot read {path}: {exc.strerror or exc}") from None
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
+    except (ValueError, UnicodeDecodeError) as exc:
         raise ParamsError(f"{path} is not valid YAML: {_excerpt(str(exc))}") from None
     if not isinstance(data, dict):
         raise ParamsError(f"{path} must hold a mapping of stage sections")

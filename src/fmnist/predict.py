@@ -133,11 +133,11 @@ def default_view(model: Model, params_file: Path) -> str:
     if recorded in VIEWS:
         return recorded
     if params_file.is_file():
-        import yaml
+        from fmnist.params import read_params
 
         try:
-            tta = (yaml.safe_load(params_file.read_text()) or {}).get("evaluate", {}).get("tta")
-        except (yaml.YAMLError, AttributeError, OSError):
+            tta = read_params(params_file).get("evaluate", {}).get("tta")
+        except (UserError, AttributeError):
             tta = None
         if tta in VIEWS:
             return tta

@@ -12,9 +12,8 @@ import json
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from fmnist.common import UserError
+from fmnist.params import read_params
 
 PRESETS = Path("presets")  # in the project, beside params.yaml
 
@@ -35,15 +34,25 @@ def load_preset(name: str, folder: Path = PRESETS) -> dict[str, Any]:
     if not path.is_file():
         known = ", ".join(sorted(p.stem for p in folder.glob("*.yaml"))) or "none"
         raise UserError(f"no preset {name!r} (known in {folder}/: {known})")
-    try:
-        preset = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except (yaml.YAMLError, UnicodeDecodeError) as exc:
-        raise UserError(f"{path} is not valid YAML: {' '.join(str(exc).split())}") from None
-    if not isinstance(preset, dict):
-        raise UserError(f"{path} must hold a mapping of params sections")
+    preset = read_params(path)  # YAML 1.2, as DVC will read the values
+    for key, value in flatten(preset).items():
+        if not isinstance(value, str | int | float | bool | list) or (
+                isinstance(value, list) and not all(isinstance(v, str | int | float | bool)
+                                                    for v in value)):
+            raise UserError(f"{path}: {key}: {type(value).__name__} values cannot be "
+                            "set with `dvc exp run -S`; use numbers, strings, booleans "
+                            "or lists of them")
     return preset
 
 
 def set_args(preset: dict[str, Any]) -> list[str]:
     # JSON spelling of values is also YAML, which is how DVC parses -S values.
     return [f"--set-param={key}={json.dumps(value)}" for key, value in flatten(preset).items()]
+
+
+def shell_words(args: list[str]) -> str:
+    """``args`` quoted for a POSIX shell: the README's ``eval "dvc exp run ...
+    $(fmnist presets NAME)"`` keeps a value holding a space as one word."""
+    import shlex
+
+    return " ".join(shlex.quote(a) for a in args)
