@@ -231,3 +231,119 @@ def test_pictures_convert_unless_told_not_to(tmp_path):
     assert all(in_dataset_form(i.image) and i.image.max() > 100 for i in items)
     items, errors = read_inputs([tmp_path / "photo.jpg"], convert=False)
     assert items == [] and "--no-convert needs 28x28" in errors[0]
+
+
+# ---------------------------------------------------------------- round four: one input, one fate
+
+
+def tiny_onnx(path: Path, fill: float = 0.01, channels: int = 1, classes: int = 10,
+              elem: int = 1, second_input: bool = False) -> Path:
+    """A graph of this project's metadata: flatten, one dense layer of ``fill``; its
+    shape, type and inputs as asked (elem 1: float32, 11: float64)."""
+    import onnx
+    from onnx import TensorProto, helper
+
+    n_in = channels * 28 * 28
+    weights = helper.make_tensor("w", elem, [n_in, classes], [fill] * (n_in * classes))
+    shape = helper.make_tensor("s", TensorProto.INT64, [2], [-1, n_in])
+    inputs = [helper.make_tensor_value_info("x", elem, ["N", channels, 28, 28])]
+    if second_input:
+        inputs.append(helper.make_tensor_value_info("y", elem, ["N", 1]))
+    graph = helper.make_graph(
+        [helper.make_node("Reshape", ["x", "s"], ["f"]),
+         helper.make_node("MatMul", ["f", "w"], ["logits"])], "g", inputs,
+        [helper.make_tensor_value_info("logits", elem, ["N", classes])], [weights, shape])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
+    model.ir_version = 9
+    meta = model.metadata_props.add()
+    meta.key, meta.value = "fmnist", json.dumps({"model": "lenet", "tta": "none"})
+    onnx.save(model, path)
+    return path
+
+
+def a_png(path: Path) -> Path:
+    Image.fromarray(np.full((28, 28), 200, np.uint8)).save(path)
+    return path
+
+
+@pytest.mark.parametrize("kind", ["5 logits", "20 logits", "3 channels", "float64",
+                                  "two inputs"])
+def test_an_onnx_graph_off_the_contract_is_one_line(tmp_path, kind):
+    args = {"5 logits": {"classes": 5}, "20 logits": {"classes": 20},
+            "3 channels": {"channels": 3}, "float64": {"elem": 11},
+            "two inputs": {"second_input": True}}[kind]
+    model = tiny_onnx(tmp_path / "m.onnx", **args)
+    proc = fmnist("predict", str(model), str(a_png(tmp_path / "a.png")), cwd=tmp_path)
+    assert proc.returncode == 2 and "does not keep the contract" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+
+
+def test_the_contract_checker_takes_a_graph_that_keeps_it(tmp_path):
+    model = tiny_onnx(tmp_path / "m.onnx")
+    proc = fmnist("predict", str(model), str(a_png(tmp_path / "a.png")), "--json",
+                  cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout)["predictions"][0]["class"] == "T-shirt/top"
+
+
+def test_non_finite_outputs_are_that_inputs_error_and_json_stays_json(tmp_path):
+    model = tiny_onnx(tmp_path / "m.onnx", fill=float("nan"))
+    proc = fmnist("predict", str(model), str(a_png(tmp_path / "a.png")), "--json",
+                  cwd=tmp_path)
+    assert proc.returncode == 1
+    out = json.loads(proc.stdout, parse_constant=lambda c: pytest.fail(f"{c} in JSON"))
+    assert out["predictions"] == [] and "not finite" in out["errors"][0]
+    assert "nan" not in proc.stdout.lower().replace("not finite (nan", "")
+
+
+def test_odd_inputs_are_each_their_own_line(tmp_path):
+    """A FIFO (it would hang a reader), a gzip bomb, an empty float array, an ambiguous
+    (28, 28, 1) array, a file Pillow takes for DDS and cannot decode, a name too long
+    for the file system and a name that is not UTF-8: each is one line, the good
+    image is still classified, exit code 1."""
+    fifo = tmp_path / "pipe.png"
+    os.mkfifo(fifo)
+    bomb = tmp_path / "bomb-idx3-ubyte.gz"
+    z = zlib.compressobj(9, zlib.DEFLATED, 31)
+    header = bytes([0, 0, 8, 3]) + (10**6).to_bytes(4, "big") + (28).to_bytes(4, "big") * 2
+    bomb.write_bytes(z.compress(header) + z.compress(bytes(300 << 20)) + z.flush())
+    np.save(tmp_path / "empty.npy", np.zeros((0,), np.float32))
+    np.save(tmp_path / "strips.npy", np.zeros((28, 28, 1), np.uint8))
+    (tmp_path / "odd.dds").write_bytes(b"DDS " + bytes(124) + b"\x00" * 64)
+    long_name = str(tmp_path / ("x" * 300 + ".png"))
+    weird = os.fsencode(tmp_path) + b"/\xff\xfe.png"
+    a_png(Path(os.fsdecode(weird)))
+    good = a_png(tmp_path / "good.png")
+    model = tiny_onnx(tmp_path / "m.onnx")
+    args = [str(fifo), str(bomb), str(tmp_path / "empty.npy"), str(tmp_path / "strips.npy"),
+            str(tmp_path / "odd.dds"), long_name, os.fsdecode(weird), str(good)]
+    proc = subprocess.run([PY, "-m", "fmnist.cli", "predict", str(model), *args],
+                          cwd=tmp_path, capture_output=True, timeout=60)
+    err = proc.stderr.decode("utf-8")
+    assert proc.returncode == 1, err
+    lines = err.strip().splitlines()
+    assert len(lines) == 6, err  # all but the good image and the non-UTF-8 name
+    for needle in ("pipe.png: not a regular file", "decompresses to over",
+                   "empty.npy: array: empty", "strips.npy: array: shape (28, 28, 1) is "
+                   "ambiguous", "odd.dds: ", "File name too long"):
+        assert any(needle in line for line in lines), (needle, err)
+    assert all(len(line) < 300 for line in lines)
+    out = proc.stdout.decode("utf-8")
+    assert "good.png" in out and "\\xff\\xfe.png" in out
+
+
+def test_a_closed_stdout_is_one_line(tmp_path):
+    model = tiny_onnx(tmp_path / "m.onnx")
+    proc = subprocess.run(f"{PY} -m fmnist.cli predict {model} {a_png(tmp_path / 'a.png')} >&-",
+                          shell=True, cwd=tmp_path, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and proc.stderr.strip() == (
+        "error: stdout is closed: the predictions have nowhere to go")
+
+
+def test_meta_json_normalize_of_the_wrong_type_is_one_line():
+    from fmnist.common import UserError
+    from fmnist.inference import input_stats
+    for norm in ({"mean": "0.28", "std": 0.35}, {"mean": 0.28, "std": 0}, {"mean": 0.28}):
+        with pytest.raises(UserError, match="normalize must hold"):
+            input_stats({"model": "lenet", "normalize": norm})
+    assert input_stats({"normalize": {"mean": 0, "std": 1}}).std == 1.0

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import gzip
 import hashlib
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -33,15 +34,31 @@ class IdxError(UserError):
     pass
 
 
-def read_bytes(path: Path) -> bytes:
-    """The file's content, decompressed when it is gzip (by magic, not by name)."""
-    raw = Path(path).read_bytes()
-    if raw[:2] == GZIP_MAGIC:
-        try:
-            return gzip.decompress(raw)
-        except (OSError, EOFError) as exc:
-            raise IdxError(f"{path}: corrupt gzip stream ({exc})") from None
-    return raw
+# The most any IDX file may hold once decompressed: Fashion-MNIST's largest is 47 MB;
+# a gzip "bomb" of a few MB would otherwise inflate to gigabytes
+MAX_IDX_BYTES = 256 << 20
+
+
+def read_bytes(path: Path, limit: int = MAX_IDX_BYTES) -> bytes:
+    """The file's content, decompressed when it is gzip (by magic, not by name); more
+    than ``limit`` bytes either side of the decompression is an IdxError."""
+    path = Path(path)
+    if path.stat().st_size > limit:
+        raise IdxError(f"{path}: over {limit:,} bytes, larger than any IDX file of the data")
+    raw = path.read_bytes()
+    if raw[:2] != GZIP_MAGIC:
+        return raw
+    inflate = zlib.decompressobj(16 + zlib.MAX_WBITS)
+    try:
+        out = inflate.decompress(raw, limit + 1)
+        if len(out) > limit:
+            raise IdxError(f"{path}: decompresses to over {limit:,} bytes, larger than "
+                           "any IDX file of the data")
+        if not inflate.eof:
+            raise IdxError(f"{path}: corrupt gzip stream (truncated)")
+        return out
+    except zlib.error as exc:
+        raise IdxError(f"{path}: corrupt gzip stream ({exc})") from None
 
 
 def parse_idx(buf: bytes, name: str) -> np.ndarray:

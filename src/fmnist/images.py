@@ -14,6 +14,7 @@ runs without it.
 
 from __future__ import annotations
 
+import os
 import warnings
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
@@ -128,9 +129,16 @@ def _as_is(a: np.ndarray) -> np.ndarray:
     return a
 
 
+SHAPES = "(H, W), (H, W, 3) or (H, W, 4) for one image, (N, H, W) for several"
+
+
 def _stack(a: np.ndarray, what: str) -> np.ndarray:
     """An array of one grayscale image (H, W), one colour image (H, W, 3 or 4) or many
     grayscale images (N, H, W) -> (N, H, W) uint8."""
+    if a.size == 0:
+        raise BadInput(f"{what}: empty, shape {a.shape}")
+    if a.ndim == 3 and a.shape[-1] == 1:  # one (H, W, 1) image, or N images 1 wide?
+        raise BadInput(f"{what}: shape {a.shape} is ambiguous; accepted: {SHAPES}")
     if a.dtype.kind == "f":
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             raise BadInput(f"{what}: float pixels must lie in [0, 1]")
@@ -146,13 +154,13 @@ def _stack(a: np.ndarray, what: str) -> np.ndarray:
     if a.ndim == 2:
         a = a[None]
     if a.ndim != 3 or 0 in a.shape:
-        raise BadInput(f"{what}: shape {a.shape}; need (H, W), (H, W, 3) or (N, H, W)")
+        raise BadInput(f"{what}: shape {a.shape}; accepted: {SHAPES}")
     return a.astype(np.uint8)
 
 
 def _items(path: Path, stack: np.ndarray, convert: bool) -> list[Item]:
     one = len(stack) == 1
-    return [Item(str(path) if one else f"{path}[{i}]",
+    return [Item(shown(path) if one else f"{shown(path)}[{i}]",
                  to_dataset_form(a) if convert else _as_is(a)) for i, a in enumerate(stack)]
 
 
@@ -177,9 +185,10 @@ def read_file(path: Path, convert: bool = True) -> list[Item]:
             try:
                 a = parse_idx(read_bytes(path), path.name)
             except UserError as exc:
-                raise BadInput(f"malformed IDX file ({first_line(exc, 100)})") from None
+                why = str(exc).removeprefix(f"{path}: ").removeprefix(f"{path.name}: ")
+                raise BadInput(f"malformed IDX file ({first_line(why, 100)})") from None
             return _items(path, _stack(a, "IDX file"), convert)
-        return [Item(str(path), read_picture(path, convert))]
+        return [Item(shown(path), read_picture(path, convert))]
     except PermissionError:
         raise BadInput("permission denied") from None
     except IsADirectoryError:
@@ -198,6 +207,14 @@ def readable(path: Path) -> bool:
 def expand(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str | None]]:
     """Each file to read, or (a path, why there is nothing to read there)."""
     for path in map(Path, paths):
+        try:
+            path.lstat()
+        except FileNotFoundError:
+            yield path, "no such file"
+            continue
+        except OSError as exc:  # a name too long, a loop of symlinks
+            yield path, exc.strerror or first_line(exc)
+            continue
         if path.is_dir():
             files = sorted(p for p in path.rglob("*") if p.is_file() and readable(p))
             if not files:
@@ -206,6 +223,8 @@ def expand(paths: Iterable[str | Path]) -> Iterator[tuple[Path, str | None]]:
                 yield f, None
         elif not path.exists():
             yield path, "no such file"
+        elif not path.is_file():
+            yield path, "not a regular file (a FIFO, device or socket is not read)"
         else:
             yield path, None
 
@@ -217,10 +236,21 @@ def read_inputs(paths: Iterable[str | Path],
     errors: list[str] = []
     for path, problem in expand(paths):
         if problem:
-            errors.append(f"{path}: {problem}")
+            errors.append(f"{shown(path)}: {problem}")
             continue
         try:
             items += read_file(path, convert)
         except BadInput as exc:
-            errors.append(f"{path}: {exc}")
+            errors.append(f"{shown(path)}: {exc}")
+        except Exception as exc:  # noqa: BLE001 - whatever one input does is its own line
+            errors.append(f"{shown(path)}: cannot read ({type(exc).__name__}: "
+                          f"{first_line(exc, 80)})")
     return items, errors
+
+
+def shown(path: Path | str) -> str:
+    """A file name as it can be printed: bytes that are not UTF-8 escaped, a long name
+    shortened in the middle."""
+    from fmnist.files import shorten
+
+    return shorten(os.fsencode(str(path)).decode("utf-8", "backslashreplace"), 200)

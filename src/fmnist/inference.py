@@ -6,12 +6,14 @@ images, so all of them see the same inputs and the same views.
 
 from __future__ import annotations
 
+import math
 from typing import Any
 
 import torch
 from torch import nn
 
 from fmnist import NUM_CLASSES
+from fmnist.common import UserError
 from fmnist.data import Split, Stats, eval_batches
 from fmnist.runtime import autocast
 
@@ -21,9 +23,22 @@ VIEWS = ("none", "hflip")
 
 
 def input_stats(meta: dict[str, Any]) -> Stats | None:
-    """How a trained model's inputs were normalized, from its ``meta.json``."""
+    """How a trained model's inputs were normalized, from its ``meta.json``: a finite
+    mean and a positive std, or a UserError naming the file."""
     norm = meta.get("normalize")
-    return Stats(norm["mean"], norm["std"]) if norm else None
+    if not norm:
+        return None
+    try:
+        mean, std = norm["mean"], norm["std"]
+        ok = all(isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+                 for v in (mean, std)) and std > 0
+    except (KeyError, TypeError):
+        ok = False
+    if not ok:
+        raise UserError(f"meta.json of {meta.get('model', 'the model')}: normalize must hold "
+                        f"a finite mean and a positive std (got {str(norm)[:80]}); "
+                        "re-run its training stage")
+    return Stats(float(mean), float(std))
 
 
 @torch.no_grad()

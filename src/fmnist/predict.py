@@ -100,7 +100,7 @@ class OnnxModel:
         except (KeyError, TypeError, json.JSONDecodeError):
             raise UserError(f"{path} is an ONNX model, but not one this project "
                             "exported (no fmnist metadata)") from None
-        self.input = self.session.get_inputs()[0].name
+        self.input = check_contract(self.session, path)
         self.batch_size = batch_size
 
     def _run(self, x: np.ndarray) -> np.ndarray:
@@ -114,6 +114,29 @@ class OnnxModel:
         if view == "hflip":
             out = (out + self._run(np.ascontiguousarray(x[..., ::-1]))) / np.float32(2)
         return out
+
+
+# The ONNX contract: what `package` exports and what this reads
+ONNX_INPUT = ("tensor(float)", (1, 28, 28))  # float32 (N, 1, 28, 28), pixels / 255
+ONNX_OUTPUT = ("tensor(float)", (len(CLASSES),))  # (N, 10) logits
+
+
+def check_contract(session: Any, path: Path) -> str:
+    """The input's name, where the graph keeps the contract (one float32 input
+    ``(N, 1, 28, 28)``, one float32 output ``(N, 10)``); else a UserError."""
+    ins, outs = session.get_inputs(), session.get_outputs()
+
+    def fits(arg: Any, want: tuple[str, tuple[int, ...]]) -> bool:
+        shape = list(arg.shape)  # the batch axis first, symbolic or fixed
+        return arg.type == want[0] and tuple(shape[1:]) == want[1] \
+            and len(shape) == len(want[1]) + 1
+
+    if len(ins) != 1 or len(outs) != 1 or not fits(ins[0], ONNX_INPUT) \
+            or not fits(outs[0], ONNX_OUTPUT):
+        got = "; ".join(f"{a.name} {a.type} {list(a.shape)}" for a in [*ins, *outs])
+        raise UserError(f"{path} does not keep the contract (one float32 input (N, 1, 28, "
+                        f"28), one float32 output (N, {len(CLASSES)})): it has {got}")
+    return ins[0].name
 
 
 def open_model(path: str | Path, batch_size: int = 1000) -> Model:
@@ -161,15 +184,23 @@ class Prediction:
         return self.top[0][0]
 
 
-def predict(model: Model, items: list[Item], view: str, top: int) -> list[Prediction]:
+def predict(model: Model, items: list[Item], view: str,
+            top: int) -> tuple[list[Prediction], list[str]]:
+    """The predictions, and one error line per input whose logits are not finite (a
+    model with NaN weights answers nothing, never `nan`)."""
     if not items:
-        return []
-    probs = softmax(model.logits(np.stack([i.image for i in items]), view))
+        return [], []
+    logits = model.logits(np.stack([i.image for i in items]), view)
+    finite = np.isfinite(logits).all(axis=1)
+    probs = softmax(np.where(finite[:, None], logits, 0))
     order = np.argsort(-probs, axis=1, kind="stable")[:, :top]
     # argsort's first is argmax's (the first of equal maxima), as evaluate's
-    return [Prediction(item.name,
-                       [(CLASSES[c], float(p[c])) for c in row])
-            for item, p, row in zip(items, probs, order, strict=True)]
+    preds = [Prediction(item.name, [(CLASSES[c], float(p[c])) for c in row])
+             for item, p, row, ok in zip(items, probs, order, finite, strict=True) if ok]
+    errors = [f"{item.name}: the model's output is not finite (NaN or infinite logits): "
+              "its weights are damaged" for item, ok in zip(items, finite, strict=True)
+              if not ok]
+    return preds, errors
 
 
 # ---------------------------------------------------------------- output
@@ -216,14 +247,27 @@ def run(model_path: Path, inputs: list[str], view: str | None, convert: bool, to
         raise UserError(f"--top must be between 1 and {len(CLASSES)}")
     if batch_size < 1:
         raise UserError("--batch-size must be at least 1")
+    if sys.stdout is None or sys.stdout.closed:
+        raise UserError("stdout is closed: the predictions have nowhere to go")
     model = open_model(model_path, batch_size)
     view = view or default_view(model, params_file)
     items, errors = read_inputs(inputs, convert)
-    preds = predict(model, items, view, top)
+    preds, bad = predict(model, items, view, top)
+    errors += bad
     out = {"table": lambda: as_table(preds, top) if preds else "",
            "csv": lambda: as_csv(preds, top),
            "json": lambda: as_json(preds, model, view, errors)}[fmt]()
-    sys.stdout.write(out)
+    for stream in (sys.stdout, sys.stderr):  # a file name no encoding can print
+        if stream is not None and hasattr(stream, "reconfigure"):
+            stream.reconfigure(errors="backslashreplace")
+    try:
+        sys.stdout.write(out)
+        sys.stdout.flush()
+    except OSError as exc:
+        if isinstance(exc, BrokenPipeError):
+            raise
+        raise UserError(f"cannot write the predictions to stdout "
+                        f"({exc.strerror or first_line(exc)})") from None
     for line in errors:
         print(f"fmnist predict: {line}", file=sys.stderr)
     return 1 if errors else 0
