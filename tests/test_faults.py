@@ -476,3 +476,54 @@ def test_an_immutable_target_stops_the_set_before_the_first_swap(tmp_path, which
         subprocess.run(["chattr", "-i", str(targets[which])], check=True)
     assert snapshot(tmp_path, ".") == before
     assert strays(tmp_path) == []
+
+
+# ---------------------------------------------------------------- round four: side inputs
+
+
+def _metrics_like_evaluates() -> dict:
+    from fmnist import CLASSES
+    s = {"accuracy": 0.9, "loss": 0.3}
+    return {"train": {"loss": 0.2, "accuracy": 0.95},
+            "test": {**s, "macro_f1": 0.9, "per_class": {
+                c: {"precision": 0.9, "recall": 0.9, "f1": 0.9} for c in CLASSES}},
+            "test_views": {"headline": "hflip", "single": s, "hflip": s}}
+
+
+@pytest.mark.parametrize("damage", ["{}", "missing class", "string accuracy", "bad view",
+                                    "not json"])
+def test_metrics_json_is_checked_where_package_reads_it(tmp_path, damage):
+    from fmnist.package import read_metrics
+    m = _metrics_like_evaluates()
+    path = tmp_path / "lenet.json"
+    path.write_text(json.dumps(m))
+    assert read_metrics(path) == m
+    if damage == "missing class":
+        del m["test"]["per_class"]["Bag"]
+    elif damage == "string accuracy":
+        m["test"]["accuracy"] = "0.9"
+    elif damage == "bad view":
+        m["test_views"]["headline"] = "mirror"
+    text = {"{}": "{}", "not json": "{"}.get(damage, json.dumps(m))
+    path.write_text(text)
+    with pytest.raises(UserError, match=r"lenet\.json .*`dvc repro evaluate`"):
+        read_metrics(path)
+
+
+@pytest.mark.parametrize("content", [b"actual,predicted\nBag,\xffBag\n",
+                                     b"actual,predicted\nBag,Purse\n", b"a,b\n1,2\n"])
+def test_a_confusion_csv_is_checked_where_package_reads_it(tmp_path, content):
+    from fmnist.package import confusions
+    (tmp_path / "c.csv").write_bytes(content)
+    with pytest.raises(UserError, match=r"c\.csv .*`dvc repro evaluate`"):
+        confusions(tmp_path / "c.csv")
+
+
+@pytest.mark.parametrize("content", ["epoch\ttrain_loss\ttrain_accuracy\n1\tlow\t0.5\n",
+                                     "epoch\tloss\n1\t0.5\n", "epoch\ttrain_loss\n\xff\n"])
+def test_a_curves_tsv_is_checked_where_evaluate_reads_it(tmp_path, content):
+    from fmnist.figures import read_curves
+    (tmp_path / "lenet.tsv").write_bytes(content.encode("utf-8", "surrogateescape")
+                                         if "\xff" not in content else b"epoch\n\xff\n")
+    with pytest.raises(UserError, match=r"lenet\.tsv is not a training curves file.*dvc repro"):
+        read_curves(tmp_path / "lenet.tsv")

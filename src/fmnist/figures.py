@@ -41,10 +41,27 @@ def confusion_heatmap(cm: np.ndarray, title: str, path: Path) -> None:
     _save(fig, path)
 
 
+REQUIRED_CURVES = ("epoch", "train_loss", "train_accuracy")
+
+
 def read_curves(path: Path) -> dict[str, list[float]]:
-    with open(path, newline="") as f:
-        rows = list(csv.DictReader(f, delimiter="\t"))
-    return {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+    """The per-epoch curves a training stage wrote, checked: numbers in every column,
+    the epoch and training columns present; else a one-line UserError naming the
+    file and the stage that writes it."""
+    from fmnist.common import UserError
+
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            rows = list(csv.DictReader(f, delimiter="\t"))
+        curves = {k: [float(r[k]) for r in rows] for k in (rows[0] if rows else {})}
+        missing = [k for k in REQUIRED_CURVES if rows and k not in curves]
+        if missing:
+            raise ValueError(f"no column {missing[0]!r}")
+        return curves
+    except (ValueError, TypeError, UnicodeDecodeError, csv.Error) as exc:
+        raise UserError(f"{path} is not a training curves file ({type(exc).__name__}: "
+                        f"{str(exc)[:80]}): re-run the training stage that writes it "
+                        "(`dvc repro`)") from None
 
 
 def training_curves(tsv: Path, title: str, path: Path) -> bool:

@@ -31,6 +31,7 @@ from fmnist.export import Agreement, check_onnx, export_onnx
 from fmnist.files import OutputSet, write_json, write_text
 from fmnist.models import spec
 from fmnist.params import EvaluateParams, PackageParams
+from fmnist.predict import VIEWS
 from fmnist.runtime import pin_numerics
 from fmnist.summary import layer_table
 
@@ -49,20 +50,41 @@ class ReleasePaths:
     out: Path         # the release folder (output)
 
 
-def read_json(path: Path, fix: str) -> dict[str, Any]:
+def read_metrics(path: Path) -> dict[str, Any]:
+    """evaluate's metrics JSON, checked for what the card reads: the test scores, every
+    class's precision, recall and F1, and the views; else one line naming the file
+    and the stage that writes it."""
+    fix = "run `dvc repro evaluate`"
     try:
-        return json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, ValueError) as exc:
+        m = json.loads(path.read_text(encoding="utf-8"))
+        numbers = [m["test"][k] for k in ("accuracy", "loss", "macro_f1")]
+        numbers += [m["test"]["per_class"][c][k] for c in CLASSES
+                    for k in ("precision", "recall", "f1")]
+        views = m["test_views"]
+        numbers += [views[v][k] for v in ("single", "hflip") for k in ("accuracy", "loss")]
+        numbers += [m["train"][k] for k in ("loss", "accuracy")]
+        if views["headline"] not in VIEWS or not all(
+                isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):
+            raise TypeError("a value of the wrong type")
+        return m
+    except (OSError, ValueError, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is missing or unreadable ({type(exc).__name__}): {fix}") \
             from None
+    except (KeyError, TypeError) as exc:
+        raise UserError(f"{path} is not evaluate's metrics ({type(exc).__name__}: "
+                        f"{str(exc)[:60]}): {fix}") from None
 
 
 def confusions(path: Path) -> Counter[tuple[str, str]]:
     """(actual, predicted) -> test images, from evaluate's confusion CSV."""
     try:
         with open(path, newline="", encoding="utf-8") as f:
-            return Counter((r["actual"], r["predicted"]) for r in csv.DictReader(f))
-    except (OSError, KeyError, csv.Error) as exc:
+            pairs = Counter((r["actual"], r["predicted"]) for r in csv.DictReader(f))
+        unknown = {c for pair in pairs for c in pair} - set(CLASSES)
+        if unknown:
+            raise KeyError(f"unknown class {sorted(unknown)[0]!r}")
+        return pairs
+    except (OSError, KeyError, csv.Error, UnicodeDecodeError) as exc:
         raise UserError(f"{path} is missing or unreadable ({type(exc).__name__}): "
                         "run `dvc repro evaluate`") from None
 
@@ -74,7 +96,7 @@ def package(models: list[ReleasePaths], prepared: Path, params: PackageParams,
     test = load_split(prepared, "test")
     counts = read_stats(prepared)["counts"]
     loaded = [(load_checkpoint(m.checkpoint, m.name),
-               read_json(m.metrics, "run `dvc repro evaluate`"), confusions(m.confusion))
+               read_metrics(m.metrics), confusions(m.confusion))
               for m in models]  # everything checked before anything is written
     out = []
     first = models[0].out

@@ -25,7 +25,7 @@ from fmnist.batching import epoch_order, train_batches
 from fmnist.checkpoint import save_model
 from fmnist.common import UserError, first_line
 from fmnist.data import Split, Stats, load_split, load_stats
-from fmnist.files import OutputSet, check_writable, write_json, write_text
+from fmnist.files import OutputSet, atomic_path, check_writable, write_json, write_text
 from fmnist.inference import loss_and_accuracy, predict_logits
 from fmnist.models import count_parameters, spec
 from fmnist.params import TrainParams
@@ -315,9 +315,11 @@ LIVE_NAMES = {"epoch": "epoch", "train_loss": "train/loss", "train_accuracy": "t
               "val_loss": "val/loss", "val_accuracy": "val/accuracy", "lr": "lr"}
 
 
-def open_live(path: Path | None, resuming: bool) -> Any:
+def open_live(path: Path | None) -> Any:
     """DVCLive, writing the latest epoch's metrics to ``path``/metrics.json, where
     `dvc exp show`, VS Code's DVC extension and DVC Studio read them while a run goes.
+    Never resumed from its own files (``LiveMetrics`` rebuilds them from the run's
+    history), so a file left damaged by a kill cannot stop a later run.
 
     Only that summary: the per-epoch curves have one writer, ``write_curves`` (a resumed
     run rewrites them from its saved history, so they hold exactly one row per epoch).
@@ -340,8 +342,35 @@ def open_live(path: Path | None, resuming: bool) -> Any:
             except SCMError:
                 self._dvc_file = "dvc.yaml"
 
-    return QuietLive(str(path), resume=resuming, report=None, dvcyaml=None,
+    return QuietLive(str(path), resume=False, report=None, dvcyaml=None,
                      save_dvc_exp=False)
+
+
+class LiveMetrics:
+    """DVCLive's file, kept to the stage's all-or-nothing rule as far as a file that is
+    read *during* the run can be: rebuilt from the run's history when a run starts or
+    resumes (one step per epoch, as the uninterrupted run wrote it), and put back as it
+    was when the run fails."""
+
+    def __init__(self, path: Path, history: list[dict[str, float]]):
+        self.file = path / "metrics.json"
+        self.previous = self.file.read_bytes() if self.file.is_file() else None
+        self.live = open_live(path)
+        for row in history:
+            log_live(self.live, row)
+
+    def log(self, row: dict[str, float]) -> None:
+        log_live(self.live, row)
+
+    def end(self) -> None:
+        self.live.end()
+
+    def put_back(self) -> None:
+        if self.previous is None:
+            self.file.unlink(missing_ok=True)
+            return
+        with atomic_path(self.file) as tmp:
+            tmp.write_bytes(self.previous)
 
 
 def log_live(live: Any, row: dict[str, float]) -> None:
@@ -412,7 +441,18 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
                                     paths.live) if p is not None], f"training {name}")
     data = load_data(paths.prepared, params, rt)
     trainer, progress, fp = resume_or_start(name, params, data, paths, rt, resume)
-    live = open_live(paths.live, progress.epoch > 0) if rt.main else None
+    live = LiveMetrics(paths.live, progress.history) if rt.main and paths.live else None
+    try:
+        return _train(name, params, paths, rt, data, trainer, progress, fp, live)
+    except BaseException:
+        if live is not None:  # a failed run leaves the previous run's live metrics
+            live.put_back()
+        raise
+
+
+def _train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime, data: Data,
+           trainer: Trainer, progress: Progress, fp: dict[str, str],
+           live: LiveMetrics | None) -> dict[str, Any]:
     if rt.distributed:
         trainer.model = nn.parallel.DistributedDataParallel(
             trainer.model, device_ids=[rt.device.index] if rt.device.type == "cuda" else None)
@@ -432,7 +472,7 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
             print(epoch_line(name, params, row, seen))
             save_state(paths.state, fp, trainer.state_dict(), progress)
             if live is not None:
-                log_live(live, row)
+                live.log(row)
         if rt.distributed:
             dist.barrier()
 
