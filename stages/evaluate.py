@@ -5,6 +5,7 @@ from pathlib import Path
 
 from fmnist.common import StageArgumentParser, UserError, run_stage
 from fmnist.evaluate import ModelPaths, evaluate
+from fmnist.files import check_apart
 from fmnist.models import spec
 from fmnist.params import PARAMS_FILE, EvaluateParams, load_section
 
@@ -25,6 +26,8 @@ def main() -> None:
     names = [spec(m).name for m in args.models]  # an unknown model is one line
     if any(len(getattr(args, key)) != len(names) for key in PER_MODEL):
         raise UserError(f"--{' --'.join(PER_MODEL)} need one path per model in --models")
+    check_apart([args.prepared, args.params, *args.checkpoints, *args.curves],
+                [*args.metrics, *args.confusion, args.figures, args.report], "evaluate")
     params = load_section("evaluate", EvaluateParams, args.params)
     models = [ModelPaths(*row) for row in zip(names, *(getattr(args, k) for k in PER_MODEL),
                                               strict=True)]

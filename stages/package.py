@@ -5,6 +5,7 @@ one path per model, in the order of --models."""
 from pathlib import Path
 
 from fmnist.common import StageArgumentParser, UserError, run_stage
+from fmnist.files import check_apart
 from fmnist.models import spec
 from fmnist.package import ReleasePaths, package
 from fmnist.params import PARAMS_FILE, EvaluateParams, PackageParams, load_section
@@ -24,6 +25,8 @@ def main() -> None:
     names = [spec(m).name for m in args.models]  # an unknown model is one line
     if any(len(getattr(args, key)) != len(names) for key in PER_MODEL):
         raise UserError(f"--{' --'.join(PER_MODEL)} need one path per model in --models")
+    check_apart([args.prepared, args.params, *args.checkpoints, *args.metrics,
+                 *args.confusion], args.out, "package")
     params = load_section("package", PackageParams, args.params)
     evaluation = load_section("evaluate", EvaluateParams, args.params)
     models = [ReleasePaths(*row) for row in zip(names, *(getattr(args, k) for k in PER_MODEL),

@@ -9,6 +9,7 @@ from pathlib import Path
 
 from fmnist.common import StageArgumentParser, run_stage
 from fmnist.data import check_prepared
+from fmnist.files import check_apart
 from fmnist.models import MODELS, spec
 from fmnist.params import PARAMS_FILE, load_runtime
 from fmnist.runtime import relaunch_under_torchrun, running
@@ -27,6 +28,8 @@ def main() -> None:
                        ("--live", "DVCLive's folder: the latest epoch's metrics")):
         parser.add_argument(flag, type=Path, required=True, help=what)
     args = parser.parse_args()
+    check_apart([args.prepared, args.params],
+                [args.out, args.curves, args.timings, args.state, args.live], "train")
     s = spec(args.model)  # an unknown model is one line too
     params, runtime = s.load_params(args.params), load_runtime(args.params)
     where = f"{args.params}: {s.section}"

@@ -123,3 +123,26 @@ def test_nccl_with_device_auto_on_a_cpu_machine(prepared):
                           "runtime": {"master_port": free_port()}})
     proc = run_stage(prepared, "train-lenet")
     assert_one_line_error(proc, "'nccl' needs a CUDA device")
+
+
+def test_a_busy_rendezvous_port_is_one_line_naming_it(prepared):
+    import socket
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        set_params(prepared, {"train_lenet": {"distributed": {"nproc": 2}},
+                              "runtime": {"master_port": port}})
+        proc = run_stage(prepared, "train-lenet")
+    assert_one_line_error(proc, f"runtime.master_port: port {port} at 127.0.0.1 is in use")
+
+
+def test_a_node_waiting_for_its_peers_says_so_and_gives_up_in_one_line(prepared):
+    """Node 0 of 2, the other never started: it says at once what it waits for, and
+    after runtime.rendezvous_timeout it ends with one line."""
+    set_params(prepared, {"train_lenet": {"distributed": {"nproc": 1, "nnodes": 2}},
+                          "runtime": {"master_port": free_port(), "rendezvous_timeout": 5}})
+    proc = run_stage(prepared, "train-lenet")
+    assert proc.stdout.startswith("node 0: waiting for 2 nodes to meet at 127.0.0.1:"), \
+        proc.stdout
+    assert_one_line_error(proc, "no rendezvous at 127.0.0.1:", "within 5 s")

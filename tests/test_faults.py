@@ -527,3 +527,37 @@ def test_a_curves_tsv_is_checked_where_evaluate_reads_it(tmp_path, content):
                                          if "\xff" not in content else b"epoch\n\xff\n")
     with pytest.raises(UserError, match=r"lenet\.tsv is not a training curves file.*dvc repro"):
         read_curves(tmp_path / "lenet.tsv")
+
+
+# ---------------------------------------------------------------- round four: the rest
+
+
+@pytest.mark.parametrize("args", [["tools.lock", "--check", "--lock", "missing.lock"],
+                                  ["tools.plots_page", "--out", "/"]])
+def test_tools_errors_are_one_line(args, tmp_path):
+    proc = subprocess.run([PY, "-m", *args], cwd=ROOT, capture_output=True, text=True,
+                          timeout=120)
+    assert proc.returncode == 2 and proc.stderr.count("\n") == 1, proc.stderr
+    assert proc.stderr.startswith("error: ") and "Traceback" not in proc.stderr
+
+
+def test_an_output_that_is_an_input_is_refused_before_anything_is_written(tmp_path):
+    from tools.repo import stage_argv
+    argv = stage_argv("train-lenet")
+    argv[argv.index("--out") + 1] = "data/prepared"
+    argv[1] = str(ROOT / argv[1])  # the stage script, run in an empty folder
+    (tmp_path / "data/prepared").mkdir(parents=True)
+    (tmp_path / "data/prepared/train.pt").write_text("the data")
+    proc = subprocess.run(argv, cwd=tmp_path, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT / "src")})
+    assert_one_line_error(proc, "the output data/prepared and the input data/prepared "
+                          "overlap")
+    assert (tmp_path / "data/prepared/train.pt").read_text() == "the data"
+
+
+def test_a_long_path_in_an_error_is_cut_in_the_middle():
+    proc = subprocess.run([PY, "-m", "fmnist.cli", "check-params", "--params",
+                           "/" + "x" * 100_000 + "/params.yaml"], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 2 and len(proc.stderr) < 1100, len(proc.stderr)
+    assert "..." in proc.stderr and proc.stderr.count("\n") == 1

@@ -35,7 +35,7 @@ from fmnist.models import INPUT_SHAPE, MODELS, LocalResponseNorm, ReLUMaxPool, s
 from fmnist.params import PARAMS_FILE, TrainParams
 from fmnist.runtime import setup_runtime
 from fmnist.train import make_trainer
-from tools import ROOT
+from tools import ROOT, run_tool
 from tools.repo import positionals, repo_env, stage_argv
 
 TARGETS = {"lenet": {"baseline": 4.0},
@@ -353,4 +353,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

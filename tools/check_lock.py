@@ -25,6 +25,7 @@ from pathlib import Path
 import yaml
 
 from fmnist.params import read_params
+from tools import run_tool
 
 ROOT = Path(__file__).resolve().parents[1]
 # What `dvc status` says of a file that is merely not here (not pulled, not produced)
@@ -152,4 +153,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

@@ -24,7 +24,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools import ROOT
+from tools import ROOT, run_tool
 
 FINGERPRINT_FILE = ROOT / "tests" / "numerics_fingerprint.json"
 STEPS = 3
@@ -162,4 +162,4 @@ def main() -> int:
 
 
 if __name__ == "__main__":
-    sys.exit(main())
+    run_tool(main)

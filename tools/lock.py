@@ -22,7 +22,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-from tools import ROOT
+from tools import ROOT, run_tool
 
 LOCK_FILE = "requirements.lock"  # as fmnist.stack's (not imported: this runs before it is)
 
@@ -132,4 +132,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

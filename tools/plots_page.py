@@ -29,6 +29,8 @@ from pathlib import Path
 
 import vl_convert
 
+from tools import run_tool
+
 # The page may load nothing: no script at all, images only from data: URIs, only its
 # own inline style.
 CSP = "default-src 'none'; img-src data:; style-src 'unsafe-inline'"
@@ -128,4 +130,4 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    run_tool(main)

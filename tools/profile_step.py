@@ -23,7 +23,7 @@ from fmnist.models import INPUT_SHAPE, MODELS, spec
 from fmnist.params import PARAMS_FILE, TrainParams
 from fmnist.runtime import setup_runtime
 from fmnist.train import Trainer, make_trainer
-from tools import ROOT
+from tools import ROOT, run_tool
 
 # Layer kinds taken out, as arch settings; a model gets those its arch has
 ABLATIONS = {"as it is": {}, "without LRN": {"lrn": False}, "without dropout": {"dropout": 0.0},
@@ -99,4 +99,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

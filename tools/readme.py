@@ -22,7 +22,7 @@ from typing import Any
 from fmnist.models import MODELS, build_model
 from fmnist.params import PARAMS_FILE
 from fmnist.summary import layer_table
-from tools import ROOT
+from tools import ROOT, run_tool
 from tools.repo import option, stage_argv
 
 README, MODELS_DOC = Path("README.md"), Path("docs/models.md")
@@ -113,4 +113,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    main()
+    run_tool(main)

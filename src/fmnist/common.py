@@ -59,7 +59,13 @@ def report_to_launcher(message: str) -> None:
         f.write(message.replace("\n", " ") + "\n")
 
 
+MAX_ERROR = 1000  # characters of a one-line error: a 100,000-character path is cut
+
+
 def fail(message: str) -> NoReturn:
+    if len(message) > MAX_ERROR:  # cut in the middle: the start and the end both say much
+        half = (MAX_ERROR - 3) // 2
+        message = message[:half] + "..." + message[-(MAX_ERROR - 3 - half):]
     print(f"error: {message}", file=sys.stderr)
     report_to_launcher(message)
     sys.exit(2)
@@ -77,9 +83,10 @@ def run_stage(main: Callable[[], None]) -> None:
         os._exit(141)
     except OSError as exc:  # the machine's, not the code's: a full disk, a lost mount
         where = " -> ".join(str(f) for f in (exc.filename, exc.filename2) if f)
-        fail(f"{where + ': ' if where else ''}{exc.strerror or first_line(exc)} (outputs "
-             "are written aside and swapped in at the end: what this run had not yet "
-             "swapped in is as it was)")
+        wrong_path = isinstance(exc, FileNotFoundError | IsADirectoryError | NotADirectoryError)
+        fail(f"{where + ': ' if where else ''}{exc.strerror or first_line(exc)}"
+             + ("" if wrong_path else " (outputs are written aside and swapped in at the "
+                "end: what this run had not yet swapped in is as it was)"))
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         sys.exit(130)

@@ -328,6 +328,26 @@ def shorten(text: str, limit: int = 160) -> str:
     return text[:half] + "..." + text[-(limit - 3 - half):]
 
 
+def check_apart(inputs: list[str | os.PathLike[str]],
+                outputs: list[str | os.PathLike[str]], what: str) -> None:
+    """Refuse an output that is, holds or lies inside an input (``--out`` equal to
+    ``--prepared`` would replace the data with a model), or another output."""
+    def inside(a: str, b: str) -> bool:
+        return a == b or a.startswith(b.rstrip(os.sep) + os.sep)
+
+    ins = [(str(p), os.path.realpath(p)) for p in inputs]
+    outs = [(str(p), os.path.realpath(p)) for p in outputs]
+    for i, (shown_out, out) in enumerate(outs):
+        for shown_in, inp in ins:
+            if inside(out, inp) or inside(inp, out):
+                raise UserError(f"{what}: the output {shorten(shown_out)} and the input "
+                                f"{shorten(shown_in)} overlap; give them separate paths")
+        for shown_other, other in outs[i + 1:]:
+            if inside(out, other) or inside(other, out):
+                raise UserError(f"{what}: the outputs {shorten(shown_out)} and "
+                                f"{shorten(shown_other)} overlap; give them separate paths")
+
+
 PROBE_BYTES = 1 << 16
 
 

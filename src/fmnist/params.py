@@ -191,6 +191,8 @@ class RuntimeParams(Strict):
     master_addr: str
     master_port: int = Field(ge=1, le=65535)
     node_rank: int = Field(ge=0)
+    rendezvous_timeout: int = Field(ge=1, le=86_400, description="seconds a node waits "
+                                    "for the others")
 
 
 class EvaluateParams(Strict):

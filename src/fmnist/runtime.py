@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import os
 import platform
 import subprocess
@@ -90,18 +91,54 @@ def relaunch_under_torchrun(params: TrainParams, runtime: RuntimeParams, where: 
         return None
     check_device(params, resolve_device(params.device), where)
     check_inputs()
+    at = f"{runtime.master_addr}:{runtime.master_port}"
+    if runtime.node_rank == 0:
+        check_port_free(runtime.master_addr, runtime.master_port, where)
+    if d.nnodes > 1:
+        print(f"node {runtime.node_rank}: waiting for {d.nnodes} nodes to meet at {at} "
+              f"(giving up after {runtime.rendezvous_timeout} s: runtime.rendezvous_timeout)",
+              flush=True)
     cmd = [sys.executable, "-m", "torch.distributed.run",
            f"--nproc_per_node={d.nproc}", f"--nnodes={d.nnodes}",
            f"--node_rank={runtime.node_rank}", f"--master_addr={runtime.master_addr}",
-           f"--master_port={runtime.master_port}", *sys.argv]
-    return launch(cmd)
+           f"--master_port={runtime.master_port}",
+           f"--rdzv-conf=timeout={runtime.rendezvous_timeout}", *sys.argv]
+    return launch(cmd, {"timed out": f"no rendezvous at {at} within "
+                                      f"{runtime.rendezvous_timeout} s "
+                                      "(runtime.rendezvous_timeout): are all "
+                                      f"{d.nnodes} nodes started, with the same "
+                                      "runtime.master_addr and master_port?",
+                        "address already in use": f"port {runtime.master_port} at "
+                                                  f"{runtime.master_addr} is in use: set "
+                                                  "runtime.master_port to a free one"})
 
 
-def launch(cmd: list[str]) -> int:
+def check_port_free(addr: str, port: int, where: str) -> None:
+    """torchrun's rendezvous port on node 0, probed before it starts (its own failure is
+    45 lines long)."""
+    import socket
+
+    try:
+        infos = socket.getaddrinfo(addr, port, type=socket.SOCK_STREAM)
+    except OSError:
+        return  # an address this node does not resolve: torchrun says so
+    family, _, _, _, sockaddr = infos[0]
+    with socket.socket(family, socket.SOCK_STREAM) as sock:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            sock.bind(sockaddr)
+        except OSError as exc:
+            if exc.errno == errno.EADDRINUSE:
+                raise UserError(f"{where.split(':')[0]}: runtime.master_port: port {port} "
+                                f"at {addr} is in use; set a free one") from None
+
+
+def launch(cmd: list[str], known: dict[str, str] | None = None) -> int:
     """Run torchrun: the ranks' stdout (the epoch lines) as it comes; their stderr and
     torchrun's held back. A rank that stops on a UserError writes its one line to a
     file, and that line is all that is said (torchrun's multi-line failure summary is
-    dropped); any other failure shows everything that was held back."""
+    dropped); so is a failure of torchrun's own that ``known`` names (a phrase of its
+    output -> the one line); any other failure shows everything that was held back."""
     with tempfile.TemporaryDirectory(prefix="fmnist-torchrun-") as tmp:
         error_file = Path(tmp) / "error"
         with open(Path(tmp) / "stderr", "w+b") as err:
@@ -109,6 +146,11 @@ def launch(cmd: list[str]) -> int:
                                    env={**os.environ, ERROR_FILE_ENV: str(error_file)})
             if error_file.exists():
                 fail(error_file.read_text(encoding="utf-8").strip())
+            err.seek(0)
+            held = err.read().decode("utf-8", "replace")
+            for phrase, line in (known or {}).items():
+                if code != 0 and phrase in held.lower():
+                    fail(line)
             err.seek(0)
             sys.stderr.buffer.write(err.read())
             sys.stderr.flush()
