@@ -45,8 +45,8 @@ def test_batches_built_on_the_gpu_are_the_cpu_batches(prepared):
     same random draws (from the CPU generator), the same pixels, bit for bit."""
     split = load_split(prepared / "data/prepared", "train")
     stats = load_stats(prepared / "data/prepared")
-    augment = Augment(crop_padding=2, hflip=True, erase=0.5, erase_area=(0.02, 0.4),
-                      erase_ratio=(0.3, 3.3))
+    augment = Augment(crop_padding=2, hflip=True, erase=0.5, erase_area=[0.02, 0.4],
+                      erase_ratio=[0.3, 3.3])
     order = epoch_order(len(split), seed=3, epoch=1)
     batches = {}
     for where, s in (("cpu", split), ("cuda", split.to(CUDA))):

@@ -13,7 +13,7 @@ from tests.support import file_sha256, run_stage
 def augment(**kw):
     from fmnist.params import Augment
     return Augment(**{"crop_padding": 0, "hflip": False, "erase": 0.0,
-                      "erase_area": (0.02, 0.4), "erase_ratio": (0.3, 3.3), **kw})
+                      "erase_area": [0.02, 0.4], "erase_ratio": [0.3, 3.3], **kw})
 
 
 def test_stratified_seeded_split():
@@ -132,7 +132,7 @@ def test_augment_rejects_bad_erasing_params(field, value):
 
 
 def test_augment_erase_ratio_may_exceed_one_but_area_may_not():
-    aug = augment(crop_padding=0, hflip=False, erase_area=(0.1, 1.0), erase_ratio=(0.5, 5.0))
+    aug = augment(crop_padding=0, hflip=False, erase_area=[0.1, 1.0], erase_ratio=[0.5, 5.0])
     assert aug.erase_area == (0.1, 1.0) and aug.erase_ratio == (0.5, 5.0)
 
 

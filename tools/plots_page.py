@@ -90,13 +90,13 @@ def page(plots: dict, title: str) -> str:
     errors = plots.get("errors") or []
     if errors:
         parts.append("<section><h2>Not shown</h2><ul class=\"errors\">")
-        parts += [f"<li>{html.escape(describe(e))}</li>" for e in errors]
+        parts += [f"<li>{html.escape(error_line(e))}</li>" for e in errors]
         parts.append("</ul></section>")
     parts.append("</body></html>")
     return "\n".join(parts) + "\n"
 
 
-def describe(error: dict) -> str:
+def error_line(error: dict) -> str:
     where = ", ".join(str(error[k]) for k in ("name", "rev", "source") if error.get(k))
     return f"{where}: {error.get('msg') or error.get('type')}"
 

@@ -398,22 +398,23 @@ def write_text(path: str | os.PathLike[str], text: str) -> None:
         tmp.write_text(text, encoding="utf-8")
 
 
-def strict(obj: Any) -> Any:
+def finite_or_null(obj: Any) -> Any:
     """``obj`` with every NaN or infinite float as None: JSON has no NaN or Infinity
     (Python writes them, strict parsers refuse them). In this project's files a null
     means "not computed" (no validation split) or "not finite" (a diverged value)."""
     if isinstance(obj, float):
         return obj if math.isfinite(obj) else None
     if isinstance(obj, dict):
-        return {k: strict(v) for k, v in obj.items()}
+        return {k: finite_or_null(v) for k, v in obj.items()}
     if isinstance(obj, list | tuple):
-        return [strict(v) for v in obj]
+        return [finite_or_null(v) for v in obj]
     return obj
 
 
 def write_json(path: str | os.PathLike[str], obj: Any) -> None:
-    """Strict JSON (see ``strict``), atomically."""
-    write_text(path, json.dumps(strict(obj), indent=2, sort_keys=False, allow_nan=False) + "\n")
+    """Strict JSON (see ``finite_or_null``), atomically."""
+    text = json.dumps(finite_or_null(obj), indent=2, sort_keys=False, allow_nan=False)
+    write_text(path, text + "\n")
 
 
 def save_torch(obj: Any, path: str | os.PathLike[str]) -> None:

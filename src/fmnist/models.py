@@ -49,8 +49,8 @@ def _unrows(m: torch.Tensor, shape: torch.Size) -> torch.Tensor:
 class _LRNFunction(torch.autograd.Function):
     """LRN with a hand-written backward.
 
-    Autograd through ``torch.nn.LocalResponseNorm`` (pad + avg_pool3d + pow) costs
-    15-25% of the AlexNet's CPU training step. Here each channel's window sum is one
+    Autograd through ``torch.nn.LocalResponseNorm`` (pad + avg_pool3d + pow) costs a
+    large share of the AlexNet's CPU training step (docs/speed.md). Here each channel's window sum is one
     matrix product of the (pixels, channels) view of the activations with a banded
     (C, C) matrix, and the gradient is analytic: a few passes over the activations
     instead of a dozen. Tested against torch's module.
@@ -118,9 +118,9 @@ class Dropout(nn.Module):
 
     The keep-mask is drawn a byte per element: ``random_`` fills 64-bit integers over
     their whole range (every bit uniform and independent), and each of their bytes is
-    compared with ``256 p``. That takes one draw of the CPU generator per 8 elements:
-    4.7x faster than ``torch.rand`` (one draw per element) for the AlexNet's 256x4096
-    activations, and ``bernoulli_`` is slower still. It is exact where ``256 p`` is
+    compared with ``256 p``. That takes one draw of the CPU generator per 8 elements,
+    where ``torch.rand`` takes one per element and ``bernoulli_`` is slower still
+    (measured in docs/speed.md). It is exact where ``256 p`` is
     a whole number (0.5, 0.25, ...); any other ``p`` draws ``torch.rand`` as before. The
     mask is applied as a product with the scaled mask in the input's dtype (one multiply
     forward and backward, where ``torch.where`` took twice as long): exact where
@@ -157,8 +157,7 @@ class ReLUMaxPool(nn.Module):
     The two orders give exactly the same values and gradients: max is monotone, ties
     resolve to the same (first) element of a window, and ReLU passes a gradient exactly
     where the pooled maximum is positive (tested, ties included). Pooling first runs the
-    ReLU and its backward on a quarter of the elements: LeNet trains 6-10% faster on the
-    CPU, where those two ops on its 6x24x24 activation took 14% of the step.
+    ReLU and its backward on a quarter of the elements (the gain: docs/speed.md).
     """
 
     def __init__(self, kernel_size: int = 2):

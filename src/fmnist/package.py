@@ -121,7 +121,8 @@ def package(models: list[ReleasePaths], prepared: Path, params: PackageParams,
 # ---------------------------------------------------------------- the card
 
 
-def _f(x: float) -> str:
+def fmt4(x: float) -> str:
+    """A score as the card prints it: four decimals."""
     return f"{x:.4f}"
 
 
@@ -158,7 +159,7 @@ def card(meta: dict[str, Any], metrics: dict[str, Any], confused: Counter[tuple[
         "",
         f"A {title} that classifies 28x28 grayscale images of clothing into the 10 "
         "classes of Fashion-MNIST: " + ", ".join(CLASSES) + ". "
-        f"Test accuracy **{_f(test['accuracy'])}** on the {counts['test']:,} images of the "
+        f"Test accuracy **{fmt4(test['accuracy'])}** on the {counts['test']:,} images of the "
         "test split (" + ("the mean of each image and its mirror image" if headline == "hflip"
                           else "one view per image") + ").",
         "",
@@ -199,22 +200,22 @@ def card(meta: dict[str, Any], metrics: dict[str, Any], confused: Counter[tuple[
         "| View | Accuracy | Loss |",
         "|---|---:|---:|",
         *[f"| {label}{' (headline)' if key == headline else ''} | "
-          f"{_f(views[label]['accuracy'])} | {_f(views[label]['loss'])} |"
+          f"{fmt4(views[label]['accuracy'])} | {fmt4(views[label]['loss'])} |"
           for label, key in (("single", "none"), ("hflip", "hflip")) if label in views],
         "",
-        f"Headline view: macro F1 {_f(test['macro_f1'])}, weighted F1 "
-        f"{_f(test['weighted_f1'])}, top-2 accuracy {_f(test['top2_accuracy'])}; on the "
-        f"training images: accuracy {_f(metrics['train']['accuracy'])}, loss "
-        f"{_f(metrics['train']['loss'])}.",
+        f"Headline view: macro F1 {fmt4(test['macro_f1'])}, weighted F1 "
+        f"{fmt4(test['weighted_f1'])}, top-2 accuracy {fmt4(test['top2_accuracy'])}; on the "
+        f"training images: accuracy {fmt4(metrics['train']['accuracy'])}, loss "
+        f"{fmt4(metrics['train']['loss'])}.",
         "",
         "| Class | Precision | Recall | F1 |",
         "|---|---:|---:|---:|",
-        *[f"| {c} | {_f(per_class[c]['precision'])} | {_f(per_class[c]['recall'])} | "
-          f"{_f(per_class[c]['f1'])} |" for c in CLASSES],
+        *[f"| {c} | {fmt4(per_class[c]['precision'])} | {fmt4(per_class[c]['recall'])} | "
+          f"{fmt4(per_class[c]['f1'])} |" for c in CLASSES],
         "",
         "Weakest classes, and what they are mistaken for (test images):",
         "",
-        *[f"- **{c}** (F1 {_f(f1)}): "
+        *[f"- **{c}** (F1 {fmt4(f1)}): "
           + (", ".join(f"{other} {k}" for other, k in wrong) or "no mistakes")
           for c, f1, wrong in weakest(metrics, confused)],
         "",

@@ -166,9 +166,9 @@ def keep_freed_memory() -> bool:
 
     A training step allocates and frees the same large tensors every time. By default
     glibc serves blocks that large with mmap and hands them back to the kernel on free,
-    so each step page-faults and zero-fills fresh pages: about a sixth of LeNet's CPU
-    step. Raising the mmap and trim thresholds keeps them in the heap (LeNet +15-25%,
-    AlexNet +10%, measured), as PyTorch's CPU tuning guide gets by preloading jemalloc
+    so each step page-faults and zero-fills fresh pages. Raising the mmap and trim
+    thresholds keeps them in the heap (the gain: docs/speed.md), as PyTorch's CPU tuning
+    guide gets by preloading jemalloc
     or tcmalloc. Blocks over glibc's largest threshold (32 MiB: the AlexNet's 4096x4096
     gradient is 64 MiB) would still be mapped afresh each step, so mmap is off
     altogether. It changes no result, only where memory comes from.

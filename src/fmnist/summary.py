@@ -9,7 +9,7 @@ from fmnist import models
 from fmnist.models import INPUT_SHAPE, count_parameters
 
 
-def describe(mod: nn.Module) -> str:
+def layer_name(mod: nn.Module) -> str:
     """A short label for a layer, as the write-up's tables name them."""
     if isinstance(mod, nn.Conv2d):
         k, p = mod.kernel_size[0], mod.padding[0]
@@ -34,7 +34,7 @@ def summary(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
     for module in model.modules():
         if len(list(module.children())) == 0:
             def hook(mod, _inp, out):
-                rows.append((describe(mod), tuple(out.shape[1:]), count_parameters(mod)))
+                rows.append((layer_name(mod), tuple(out.shape[1:]), count_parameters(mod)))
             hooks.append(module.register_forward_hook(hook))
     was_training = model.training
     model.eval()

@@ -167,7 +167,7 @@ def make_trainer(name: str, params: TrainParams, device: torch.device,
 
 
 @dataclass(frozen=True)
-class Data:
+class TrainingData:
     train: Split
     val: Split
     stats: Stats | None
@@ -179,18 +179,18 @@ class Data:
         return math.ceil(self.shard / self.local_batch)
 
 
-def load_data(prepared: Path, params: TrainParams, rt: Runtime) -> Data:
+def load_data(prepared: Path, params: TrainParams, rt: Runtime) -> TrainingData:
     train_split, val_split = load_split(prepared, "train"), load_split(prepared, "val")
     if rt.device.type == "cuda":
         # 47 MB of uint8 images: on the GPU, each step's batch is gathered and augmented
         # there, where copying and augmenting it on the host cost a third of the rate.
         train_split = train_split.to(rt.device)
     stats = load_stats(prepared) if params.normalize else None
-    return Data(train_split, val_split, stats, len(train_split) // rt.world,
+    return TrainingData(train_split, val_split, stats, len(train_split) // rt.world,
                 params.batch_size // rt.world)
 
 
-def resume_or_start(name: str, params: TrainParams, data: Data, paths: RunPaths,
+def resume_or_start(name: str, params: TrainParams, data: TrainingData, paths: RunPaths,
                     rt: Runtime, resume: bool) -> tuple[Trainer, Progress, dict[str, str]]:
     """A fresh trainer, loaded from the saved state where one fits."""
     total = params.epochs * data.steps_per_epoch
@@ -235,7 +235,7 @@ def _stop_if_not_finite(value: float, name: str, epoch: int, step: int,
             f"amp {p.amp}): lower lr in params.yaml's train_{name}")
 
 
-def run_epoch(name: str, trainer: Trainer, data: Data, params: TrainParams, rt: Runtime,
+def run_epoch(name: str, trainer: Trainer, data: TrainingData, params: TrainParams, rt: Runtime,
               epoch: int) -> tuple[float, float, int]:
     """One epoch of training steps on this rank's shard; the (all-reduced) mean loss,
     accuracy and the number of images seen."""
@@ -279,7 +279,7 @@ def run_epoch(name: str, trainer: Trainer, data: Data, params: TrainParams, rt: 
     return train_loss, (totals[1] / totals[2]).item(), int(totals[2].item())
 
 
-def validate_epoch(trainer: Trainer, data: Data, params: TrainParams,
+def validate_epoch(trainer: Trainer, data: TrainingData, params: TrainParams,
                    rt: Runtime) -> dict[str, float]:
     """The validation split's loss and accuracy, on rank 0; nothing where there is no
     validation split (the final refit), so nothing about it is printed or logged."""
@@ -384,7 +384,7 @@ def log_live(live: Any, row: dict[str, float]) -> None:
 
 
 @torch.no_grad()
-def final_training_scores(trainer: Trainer, data: Data, params: TrainParams,
+def final_training_scores(trainer: Trainer, data: TrainingData, params: TrainParams,
                           rt: Runtime) -> dict[str, float]:
     """The write-up's training loss and accuracy: the finished model in eval mode, in
     fp32 and the single view, on the whole training split (no augmentation), measured
@@ -395,7 +395,7 @@ def final_training_scores(trainer: Trainer, data: Data, params: TrainParams,
     return {"loss": loss, "accuracy": accuracy}
 
 
-def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: Runtime,
+def model_meta(name: str, params: TrainParams, trainer: Trainer, data: TrainingData, rt: Runtime,
              progress: Progress, train_scores: dict[str, float]) -> dict[str, Any]:
     """meta.json: what rebuilds and describes the model. A pure function of the run's
     inputs: no times, hosts or paths (those go to the timings file)."""
@@ -417,7 +417,7 @@ def describe(name: str, params: TrainParams, trainer: Trainer, data: Data, rt: R
     }
 
 
-def timings(data: Data, params: TrainParams, rt: Runtime, progress: Progress) -> dict:
+def timings(data: TrainingData, params: TrainParams, rt: Runtime, progress: Progress) -> dict:
     return {
         "precision": params.amp,
         "train_seconds": round(progress.elapsed, 2),
@@ -450,7 +450,7 @@ def train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime,
         raise
 
 
-def _train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime, data: Data,
+def _train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime, data: TrainingData,
            trainer: Trainer, progress: Progress, fp: dict[str, str],
            live: LiveMetrics | None) -> dict[str, Any]:
     if rt.distributed:
@@ -477,7 +477,7 @@ def _train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime, data: D
             dist.barrier()
 
     scores = final_training_scores(trainer, data, params, rt) if rt.main else {}
-    meta = describe(name, params, trainer, data, rt, progress, scores)
+    meta = model_meta(name, params, trainer, data, rt, progress, scores)
     if rt.main:
         # the model, its curves and timings appear together, or not at all
         targets = [p for p in (paths.out_dir, paths.curves, paths.timings) if p is not None]
