@@ -133,7 +133,7 @@ def test_augment_rejects_bad_erasing_params(field, value):
 
 def test_augment_erase_ratio_may_exceed_one_but_area_may_not():
     aug = augment(crop_padding=0, hflip=False, erase_area=[0.1, 1.0], erase_ratio=[0.5, 5.0])
-    assert aug.erase_area == (0.1, 1.0) and aug.erase_ratio == (0.5, 5.0)
+    assert aug.erase_area == [0.1, 1.0] and aug.erase_ratio == [0.5, 5.0]
 
 
 def test_to_input_normalizes():
