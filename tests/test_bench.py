@@ -39,6 +39,12 @@ def test_bench_quick(dvc_repo, tmp_path):
     assert 0 < r["noop_repro_s"] < 60
     assert "fp32 matmul peak" in proc.stdout and "bf16 matmul peak" in proc.stdout
     assert "of the bf16 peak" in proc.stdout and "no-op dvc repro" in proc.stdout
+    # portable against native numerics, per precision, each from its own process
+    for precision in ("fp32", "bf16"):
+        cost = r["numerics"][f"lenet/{precision}"]
+        assert cost["native"] > 0 and cost["portable"] > 0
+        assert cost["slowdown"] == pytest.approx(cost["native"] / cost["portable"], rel=0.01)
+    assert "portable takes" in proc.stdout
 
 
 @pytest.mark.parametrize("slow", ["mm", "onednn"])

@@ -18,6 +18,7 @@ import os
 import shutil
 import statistics
 import subprocess
+import sys
 import tempfile
 import time
 from collections.abc import Iterator
@@ -284,6 +285,50 @@ def bench_gpu(names: list[str], params_path: str, split: Split, prepared: Path,
     return out
 
 
+# ---------------------------------------------------------------- portable numerics
+
+
+def numerics_rate(name: str, precision: str, mode: str, params_file: str, prepared: Path,
+                  quick: bool) -> float:
+    """In this (fresh) process: the project's training rate of ``name`` in
+    ``precision`` with ``numerics: mode``, the median of timed windows."""
+    params = spec(name).load_params(params_file).model_copy(
+        update={"amp": precision, "numerics": mode, "threads": spec(name).load_params(
+            params_file).threads or 2})
+    split = load_split(prepared, "train")
+    n, per, warm = (2, 2, 1) if quick else {"lenet": (5, 40, 10), "alexnet": (4, 4, 2)}[name]
+    return statistics.median(timed_windows(project_steps(name, params, split, prepared),
+                                           n, per, warm))
+
+
+def numerics_cost(models: list[str], params_file: str, prepared: Path,
+                  quick: bool) -> dict[str, dict[str, float]]:
+    """``portable`` against ``native`` per model and precision, each rate from a fresh
+    process (the pins must precede its first operation), the modes alternated so that
+    the machine's drift falls on both."""
+    from fmnist.runtime import native_bf16
+
+    out = {}
+    for name in models:
+        for precision in ("none", "bf16") if native_bf16() else ("none",):
+            rates: dict[str, list[float]] = {"native": [], "portable": []}
+            for _ in range(1 if quick else 2):
+                for mode in ("native", "portable"):
+                    proc = subprocess.run(
+                        [sys.executable, "-m", "tools.bench", "--numerics-rate", name,
+                         precision, mode, "--params", params_file, "--prepared",
+                         str(prepared), *(["--quick"] if quick else [])],
+                        cwd=ROOT, capture_output=True, text=True, check=True)
+                    rates[mode].append(float(proc.stdout.split()[-1]))
+            native, portable = (statistics.median(rates[m]) for m in ("native", "portable"))
+            label = f"{name}/{'fp32' if precision == 'none' else precision}"
+            out[label] = {"native": round(native), "portable": round(portable),
+                          "slowdown": round(native / portable, 3)}
+            print(f"{label}: native {native:,.0f} img/s, portable {portable:,.0f} img/s: "
+                  f"portable takes {native / portable:.2f}x native's time")
+    return out
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__,
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -299,10 +344,21 @@ def main() -> None:
                         help="a few steps per window: checks that it runs, times nothing")
     parser.add_argument("--gpu", action="store_true",
                         help="on a CUDA device: host- against GPU-side batching, fp32 and bf16")
+    parser.add_argument("--numerics", action="store_true",
+                        help="only portable against native numerics, per model and precision")
+    parser.add_argument("--numerics-rate", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     prepared, raw = Path(args.prepared), Path(args.raw)
     if not (prepared / "train.pt").exists():
         raise SystemExit(f"{prepared} is missing: run `dvc repro preprocess` first")
+    if args.numerics_rate:
+        print(numerics_rate(*args.numerics_rate, args.params, prepared, args.quick))
+        return
+    if args.numerics:
+        results = {"numerics": numerics_cost(args.models, args.params, prepared, args.quick)}
+        if args.json:
+            write_json(args.json, results)
+        return
 
     split = load_split(prepared, "train")
     if args.gpu:
@@ -348,6 +404,7 @@ def main() -> None:
     results["noop_repro_s"] = noop
     results["matmul_gflops"] = peaks
     results["matmul_gflops_by_kernel"] = kernels
+    results["numerics"] = numerics_cost(args.models, args.params, prepared, args.quick)
     if args.json:
         write_json(args.json, results)
 
