@@ -145,7 +145,7 @@ def committed_template(tmp_path_factory, synthetic) -> tuple[Path, dict[str, str
 
 @pytest.fixture
 def committed_repo(committed_template, tmp_path) -> tuple[Path, dict[str, str], dict[str, str]]:
-    """A copy of a repo whose whole pipeline ran and was committed (``commit_run``):
+    """A copy of a repo whose whole pipeline ran and was committed (``committed_template``):
     the repo, its environment, and its outputs' hashes. Built once per test run."""
     template, expected, _ = committed_template
     home = tmp_path / "home"

@@ -212,10 +212,3 @@ def copy_repo(template: Path, dst: Path) -> Path:
     shutil.copytree(template, dst, symlinks=True,
                     ignore=lambda d, names: ["tmp"] if Path(d).name == ".dvc" else [])
     return dst
-
-
-def commit_run(repo: Path, env: dict[str, str]) -> dict[str, str]:
-    """`dvc repro`, commit everything; the outputs' hashes."""
-    run(["dvc", "repro"], repo, env)
-    commit(repo, env, "pipeline run")
-    return output_hashes(repo)

@@ -360,11 +360,15 @@ def test_a_package_at_another_version_is_named(tmp_path):
 def test_nan_is_never_written_to_meta_json(prepared):
     """The committed refit has no validation split: nothing about validation is in
     meta.json, and every value there is finite (strict JSON)."""
-    proc = run_stage(prepared, "train-lenet")
-    assert proc.returncode == 0, proc.stderr
+    set_params(prepared, {"preprocess": {"val_size": 0}})  # as committed: no split
+    for stage in ("preprocess", "train-lenet"):
+        proc = run_stage(prepared, stage)
+        assert proc.returncode == 0, proc.stderr
+    assert len(load_split(prepared / "data/prepared", "val")) == 0
     text = (prepared / "models/lenet/meta.json").read_text()
     assert "NaN" not in text and "Infinity" not in text
     meta = json.loads(text)
+    assert not any(k.startswith("val_") for k in meta["final"])
     assert all(v is None or math.isfinite(v) for v in meta["final"].values())
 
 

@@ -165,11 +165,6 @@ def test_another_params_file_is_named_in_the_error(workdir, monkeypatch):
         spec("lenet").load_params("other.yaml")
 
 
-def test_unknown_model_is_one_line():
-    with pytest.raises(UserError, match="unknown model 'resnet' .*lenet.*train-lenet"):
-        spec("resnet")
-
-
 def test_missing_section(workdir):
     text = (workdir / "params.yaml").read_text().replace("preprocess:", "preprocessing:")
     (workdir / "params.yaml").write_text(text)

@@ -11,10 +11,6 @@ from tools.repo import run, stage_paths, validate_pipeline
 pytestmark = pytest.mark.e2e
 
 
-
-
-
-
 def test_full_pipeline_then_nothing_reruns(committed_template, committed_repo):
     """Pipeline validation: `dvc repro` in a fresh repo ran every stage (the session's
     committed run), `dvc dag` works, every dep and out is there, `dvc status` is clean,

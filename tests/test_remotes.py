@@ -3,6 +3,7 @@ clones, and the models fetched as registered artifacts."""
 
 import hashlib
 import json
+import subprocess
 
 import pytest
 
@@ -11,12 +12,6 @@ from tests.support import commit, free_port, output_hashes, ran
 from tools.repo import run
 
 pytestmark = pytest.mark.e2e
-
-
-
-
-
-
 
 
 @pytest.fixture
@@ -67,8 +62,17 @@ def test_s3_remote_push_status_and_pull(committed_repo, tmp_path, s3_server):
             and not k.startswith("AWS_SECRET")}
     bare["AWS_EC2_METADATA_DISABLED"] = "true"
     bare["AWS_SHARED_CREDENTIALS_FILE"] = str(tmp_path / "none")
-    fail = run(["dvc", "push", "-r", "s3"], repo, bare, check=False)
-    assert fail.returncode != 0 or "Everything is up to date" in fail.stdout
+    # something not yet on the remote, so that the push must write there
+    (repo / "extra.txt").write_text("not pushed yet")
+    run(["dvc", "add", "-q", "extra.txt"], repo, env)
+    try:  # a lookup of a metadata service would hang: the timeout fails the test
+        fail = subprocess.run(["dvc", "push", "-r", "s3"], cwd=repo, env=bare, text=True,
+                              capture_output=True, timeout=120)
+    except subprocess.TimeoutExpired:
+        pytest.fail("dvc push without credentials hung instead of failing")
+    assert fail.returncode != 0, fail.stdout + fail.stderr
+    left = run(["dvc", "status", "-c", "-r", "s3"], repo, env).stdout  # with credentials
+    assert "new:" in left and "extra.txt" in left, left  # nothing went up without them
 
 
 def test_run_cache_shared_between_clones(committed_repo, tmp_path):

@@ -19,12 +19,6 @@ pytestmark = pytest.mark.e2e
 SSHD = shutil.which("sshd") or "/usr/sbin/sshd"
 
 
-
-
-
-
-
-
 def check_clone(origin, clone, env, expected, remote_setup=()):
     run(["git", "clone", "-q", str(origin), str(clone)], origin.parent, env)
     for cmd in remote_setup:

@@ -1,6 +1,9 @@
 """Evaluation: scikit-learn metrics, DVC plot data, figures and the markdown report.
 
-Only this module reads the test split. Every number comes from scikit-learn
+The test split is scored here; nothing is chosen on it (package's ONNX check and
+``fmnist reproduce``'s verdict read it too, to compare, not to choose). The training
+loss and accuracy come from the training stage (``meta.json``'s ``train_scores``).
+Every number comes from scikit-learn
 (classification_report, confusion_matrix, log_loss, top_k_accuracy_score).
 """
 

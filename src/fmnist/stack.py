@@ -1,9 +1,9 @@
 """The installed stack against ``requirements.lock``: every package, at its exact version.
 
 ``make install`` installs exactly the lock (with hashes, no dependency resolution);
-``make lock`` re-resolves it (``tools/lock.py``). A training run records a digest of
-what is installed (in its timings), and ``fmnist reproduce`` names each package that
-differs from the lock when a result does not reproduce.
+``make lock`` re-resolves it (``tools/lock.py``). A training run records no digest of
+the stack (only the torch version, in its timings); ``fmnist reproduce`` names each
+package installed unlike the lock when a result is not bit-identical.
 """
 
 from __future__ import annotations
