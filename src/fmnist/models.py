@@ -50,10 +50,10 @@ class _LRNFunction(torch.autograd.Function):
     """LRN with a hand-written backward.
 
     Autograd through ``torch.nn.LocalResponseNorm`` (pad + avg_pool3d + pow) costs a
-    large share of the AlexNet's CPU training step (docs/speed.md). Here each channel's window sum is one
-    matrix product of the (pixels, channels) view of the activations with a banded
-    (C, C) matrix, and the gradient is analytic: a few passes over the activations
-    instead of a dozen. Tested against torch's module.
+    large share of the AlexNet's CPU training step (docs/speed.md). Here each channel's
+    window sum is one matrix product of the (pixels, channels) view of the activations
+    with a banded (C, C) matrix, and the gradient is analytic: a few passes over the
+    activations instead of a dozen. Tested against torch's module.
 
     Under mixed precision the input arrives in bf16 or fp16, whose 8 (11) bits of
     mantissa would lose the small ``alpha/n * sum(x^2)`` next to ``k``: the squares, the
