@@ -12,7 +12,8 @@ from sklearn.metrics import f1_score
 
 from fmnist import CLASSES
 from fmnist.evaluate import scores
-from fmnist.report import hyperparameters, render
+from fmnist.markdown import recipe_rows as hyperparameters
+from fmnist.report import render
 from tests.support import run_stage, run_stages, set_params
 
 

@@ -12,6 +12,7 @@ import numpy as np
 import onnx
 import pytest
 import torch
+import yaml
 
 from fmnist import CLASSES
 from fmnist.common import UserError
@@ -21,6 +22,7 @@ from fmnist.models import LocalResponseNorm, build_model
 from fmnist.package import FILES
 from fmnist.predict import OnnxModel
 from tests.support import file_sha256
+from tools import ROOT
 
 # ---------------------------------------------------------------- the release folders
 
@@ -53,6 +55,15 @@ def test_release_folder_holds_weights_meta_onnx_and_a_card_of_the_metrics(packag
 
     card = (out / "README.md").read_text()
     metrics = json.loads((wd / f"metrics/{name}.json").read_text())
+    # the Hub's metadata header: licence, data set and the test results per view
+    header = yaml.safe_load(card.split("---\n")[1])
+    assert header["license"] == "mit" and header["library_name"] == "pytorch"
+    assert header["datasets"] == ["zalando-datasets/fashion_mnist"]
+    results = header["model-index"][0]["results"][0]
+    assert results["dataset"]["split"] == "test"
+    assert {m["name"]: m["value"] for m in results["metrics"]} == {
+        "Test accuracy (image + mirror)": round(metrics["test_views"]["hflip"]["accuracy"], 4),
+        "Test accuracy (single view)": round(metrics["test_views"]["single"]["accuracy"], 4)}
     values = {f"{v:.4f}" for _, v in leaves(metrics) if isinstance(v, float)}
     # every 4-place number of the card's results is one of the metrics file's values...
     results = card[card.index("## Test results"):card.index("\n## ", card.index("## Test results"))]
@@ -149,3 +160,34 @@ def test_an_export_that_disagrees_with_pytorch_is_refused(alexnet, tmp_path, mon
     export_onnx(model, meta, "none", tmp_path / "bad.onnx", opset=18)
     with pytest.raises(UserError, match="ONNX Runtime disagrees with PyTorch"):
         check_onnx(tmp_path / "bad.onnx", model, meta, random_split(), 128, 1e-4)
+
+
+def test_the_card_is_its_template_filled_with_hub_metadata():
+    """The card from the template alone (no pipeline): a YAML header a model hub reads,
+    every placeholder filled, the model's own layers and the recipe's rows."""
+    from collections import Counter
+
+    from fmnist.export import Agreement
+    from fmnist.package import card
+    from fmnist.params import PackageParams
+    views = {"headline": "hflip", "single": {"accuracy": 0.91, "loss": 0.3},
+             "hflip": {"accuracy": 0.92, "loss": 0.29}}
+    per_class = {c: {"precision": 0.9, "recall": 0.9, "f1": 0.9 - i / 100}
+                 for i, c in enumerate(CLASSES)}
+    metrics = {"train": {"loss": 0.2, "accuracy": 0.95}, "test_views": views,
+               "test": {"accuracy": 0.92, "loss": 0.29, "macro_f1": 0.9, "weighted_f1": 0.9,
+                        "top2_accuracy": 0.98, "per_class": per_class}}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["train_lenet"]
+    meta = {"model": "lenet", "title": "LeNet-5", "params": {**params, "amp": "none"},
+            "device": "cpu", "world_size": 1,
+            "numerics": {"mode": "portable", "tier": "x86-64-avx512-bf16", "threads": 2}}
+    text = card(build_model("lenet"), meta, metrics, Counter({("Ankle boot", "Bag"): 3}),
+                {"train": 60000, "val": 0, "test": 10000}, Agreement(10000, 10000, 3e-6),
+                PackageParams(opset=18, max_logit_diff=1e-4), "dist/lenet")
+    header = yaml.safe_load(text.split("---\n")[1])
+    assert header["model-index"][0]["results"][0]["metrics"][0]["value"] == 0.92
+    assert "Test accuracy **0.9200**" in text and "| single | 0.9100 | 0.3000 |" in text
+    assert "**Total trainable** | | **44,426**" in text
+    assert "| Numerics | portable (tier x86-64-avx512-bf16) |" in text
+    assert "every logit within 1e-05" in text and "- **Ankle boot** (F1 0.8100): Bag 3" in text
+    assert "{{" not in text and "{%" not in text

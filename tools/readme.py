@@ -19,6 +19,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fmnist.markdown import table
 from fmnist.models import MODELS, build_model
 from fmnist.params import PARAMS_FILE
 from fmnist.summary import layer_table
@@ -44,9 +45,7 @@ def results_table(root: Path = ROOT) -> str:
     commands write them)."""
     evaluate = stage_argv("evaluate", root)
     models, metrics = option(evaluate, "--models"), option(evaluate, "--metrics")
-    lines = ["| Model | Parameters | Epochs | Val accuracy (last epoch) | Test accuracy "
-             "| Single view / image + mirror | Test loss | Training time | Training images/s |",
-             "|---|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    rows = []
     for name in MODELS:
         if name not in models:
             continue
@@ -63,11 +62,12 @@ def results_table(root: Path = ROOT) -> str:
         views = m.get("test_views")
         views = (f"{views['single']['accuracy']:.4f} / {views['hflip']['accuracy']:.4f}"
                  if views else "n/a")
-        lines.append(
-            f"| {MODELS[name].title} | {m['trainable_params']:,} | {m['epochs']} | "
-            f"{meta_val} | **{m['test']['accuracy']:.4f}** | {views} | "
-            f"{m['test']['loss']:.3f} | {secs} | {rate} |")
-    return "\n".join(lines)
+        rows.append([MODELS[name].title, f"{m['trainable_params']:,}", str(m["epochs"]),
+                     meta_val, f"**{m['test']['accuracy']:.4f}**", views,
+                     f"{m['test']['loss']:.3f}", secs, rate])
+    return table(["Model", "Parameters", "Epochs", "Val accuracy (last epoch)",
+                  "Test accuracy", "Single view / image + mirror", "Test loss",
+                  "Training time", "Training images/s"], rows)
 
 
 def blocks(root: Path = ROOT) -> dict[Path, dict[str, str]]:

@@ -119,6 +119,9 @@ class OnnxModel:
 # The ONNX contract: what `package` exports and what this reads
 ONNX_INPUT = ("tensor(float)", (1, 28, 28))  # float32 (N, 1, 28, 28), pixels / 255
 ONNX_OUTPUT = ("tensor(float)", (len(CLASSES),))  # (N, 10) logits
+ONNX_CONTRACT = ("one float32 input `(N, 1, 28, 28)` of pixels / 255 (the input "
+                 f"normalization is inside the graph) and one output of the {len(CLASSES)} "
+                 "logits")
 
 
 def check_contract(session: Any, path: Path) -> str:
@@ -134,8 +137,8 @@ def check_contract(session: Any, path: Path) -> str:
     if len(ins) != 1 or len(outs) != 1 or not fits(ins[0], ONNX_INPUT) \
             or not fits(outs[0], ONNX_OUTPUT):
         got = "; ".join(f"{a.name} {a.type} {list(a.shape)}" for a in [*ins, *outs])
-        raise UserError(f"{path} does not keep the contract (one float32 input (N, 1, 28, "
-                        f"28), one float32 output (N, {len(CLASSES)})): it has {got}")
+        raise UserError(f"{path} does not keep the contract ({ONNX_CONTRACT}): it has "
+                        f"{got}")
     return ins[0].name
 
 

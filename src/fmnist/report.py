@@ -9,40 +9,7 @@ from typing import Any
 
 from fmnist import CLASSES
 from fmnist.files import write_text
-
-
-def _table(header: list[str], rows: list[list[str]], align: str | None = None) -> list[str]:
-    align = align or "l" + "r" * (len(header) - 1)
-    sep = ["---:" if a == "r" else "---" for a in align]
-    return ["| " + " | ".join(header) + " |", "| " + " | ".join(sep) + " |",
-            *("| " + " | ".join(r) + " |" for r in rows)]
-
-
-def hyperparameters(p: dict[str, Any]) -> list[list[str]]:
-    aug = p["augment"]
-    erase = aug.get("erase", 0.0)
-    parts = [f"random crop (pad {aug['crop_padding']})" if aug["crop_padding"] else "",
-             "horizontal flip" if aug["hflip"] else "",
-             f"random erasing (p {erase:g})" if erase else ""]
-    augment = ", ".join(s for s in parts if s) or "none"
-    rows = [
-        ["Optimizer", p["optimizer"]],
-        ["Learning rate", f"{p['lr']:g}" + (f" (peak, {p['schedule']})"
-                                            if p["schedule"] != "constant" else "")],
-        ["Weight decay", f"{p['weight_decay']:g}" + (" (L2 in the gradient)"
-                                                     if p["optimizer"] == "adam" else "")],
-        ["Batch size", str(p["batch_size"])],
-        ["Epochs", str(p["epochs"])],
-        ["Label smoothing", f"{p['label_smoothing']:g}"],
-        ["Weight averaging", f"EMA, decay {p['ema']:g} per step" if p.get("ema") else "none"],
-        ["Input normalization", "train mean/std" if p["normalize"] else "none (x / 255)"],
-        ["Augmentation", augment],
-        ["Seed", str(p["seed"])],
-    ]
-    if p["optimizer"] == "sgd":
-        rows.insert(1, ["Momentum", f"{p['momentum']:g}"])
-    return rows
-
+from fmnist.markdown import recipe_rows, table
 
 Row = tuple[str, Callable[[dict[str, Any]], str]]
 
@@ -114,20 +81,20 @@ def render(results: list[dict[str, Any]], counts: dict[str, int] | None = None,
     for r in results:
         m, meta, name = r["metrics"], r["meta"], r["name"]
         out += [f"## {meta['title']}", "", "### Hyperparameters", ""]
-        out += _table(["Hyperparameter", "Value"], hyperparameters(meta["params"]), "ll")
+        out += [table(["Hyperparameter", "Value"], recipe_rows(meta["params"]), "ll")]
         out += ["", "### Results", ""]
-        out += _table(["Metric", "Value"], rows(RESULTS_ROWS, [m]))
+        out += [table(["Metric", "Value"], rows(RESULTS_ROWS, [m]))]
         out += ["", *views_note(m)]
         out += ["", *figure_links(name, r.get("figures", []), figures), ""]
 
     titles = [r["meta"]["title"] for r in results]
     ms = [r["metrics"] for r in results]
     out += ["## Side by side", ""]
-    out += _table(["", *titles], rows(COMPARISON_ROWS, ms))
+    out += [table(["", *titles], rows(COMPARISON_ROWS, ms))]
     out += ["", "## Per-class F1 (test)", ""]
-    out += _table(["Class", *titles],
+    out += [table(["Class", *titles],
                   [[c, *(f"{m['test']['per_class'][c]['f1']:.3f}" for m in ms)]
-                   for c in CLASSES])
+                   for c in CLASSES])]
     return "\n".join(out) + "\n"
 
 

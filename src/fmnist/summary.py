@@ -6,6 +6,7 @@ import torch
 from torch import nn
 
 from fmnist import models
+from fmnist.markdown import table
 from fmnist.models import INPUT_SHAPE, count_parameters
 
 
@@ -48,9 +49,8 @@ def summary(model: nn.Module) -> list[tuple[str, tuple[int, ...], int]]:
 
 def layer_table(model: nn.Module, title: str) -> str:
     """Markdown: a bold title line, then one row per layer and the total."""
-    lines = [f"**{title}** (input {'x'.join(map(str, INPUT_SHAPE))})", "",
-             "| # | Layer | Output shape | Parameters |", "|---:|---|---|---:|"]
-    for i, (label, shape, n) in enumerate(summary(model), 1):
-        lines.append(f"| {i} | `{label}` | {'x'.join(map(str, shape))} | {n:,} |")
-    lines.append(f"| | **Total trainable** | | **{count_parameters(model):,}** |")
-    return "\n".join(lines)
+    rows = [[str(i), f"`{label}`", "x".join(map(str, shape)), f"{n:,}"]
+            for i, (label, shape, n) in enumerate(summary(model), 1)]
+    rows.append(["", "**Total trainable**", "", f"**{count_parameters(model):,}**"])
+    return (f"**{title}** (input {'x'.join(map(str, INPUT_SHAPE))})\n\n"
+            + table(["#", "Layer", "Output shape", "Parameters"], rows, "rllr"))
