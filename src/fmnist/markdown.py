@@ -17,7 +17,7 @@ def table(header: list[str], rows: list[list[str]], align: str | None = None) ->
 
     def line(cells: list[str]) -> str:
         return "|" + "|".join(f" {c} " if c else " " for c in cells) + "|"
-    return "\n".join([line(header), line(sep), *map(line, rows)])
+    return "\n".join([line(header), "|" + "|".join(sep) + "|", *map(line, rows)])
 
 
 PRECISIONS = {"none": "fp32", "bf16": "bf16 mixed", "fp16": "fp16 mixed"}
