@@ -1,7 +1,7 @@
 # The three commands of the README's quick start, each self-contained on a fresh machine:
 #   make run        create .venv, install, make sure the data source is there, dvc repro
 #   make test       create .venv, install, run the whole test suite (about 15 minutes on 2 cores)
-#   make reproduce  re-train the committed run in a temporary clone, compare bit for bit
+#   make reproduce  re-train the committed run in a temporary clone: identical bits, or a verdict
 # Each is idempotent: a second call reuses the venv and the data. `make install` also
 # puts the `fmnist` command into .venv/bin.
 
@@ -59,8 +59,10 @@ plots: install
 smoke: install
 	pytest -q tests/test_pipeline.py -k full_pipeline_then_nothing_reruns
 
-# Re-train the committed run from scratch in a temporary clone and compare its hashes
-# with dvc.lock: `make reproduce` (LeNet), `make reproduce STAGES="train-lenet train-alexnet"`.
+# Re-train the committed run from scratch in a temporary clone: per stage `identical`
+# (the hashes in dvc.lock), else `equivalent` or `different` (a McNemar test against the
+# committed predictions): `make reproduce` (LeNet), `make reproduce STAGES="train-lenet
+# train-alexnet"`.
 reproduce: install data
 	fmnist reproduce $(if $(STAGES),--stages $(STAGES))
 

@@ -117,4 +117,5 @@ def test_models_are_artifacts_dvc_can_get(committed_repo, tmp_path):
         got = hashlib.sha256((out / name).read_bytes()).hexdigest()
         assert got == expected[f"dist/lenet/{name}"]
     assert expected["dist/lenet/model.pt"] == expected["models/lenet/model.pt"]
-    assert (out / "README.md").read_text().startswith("# LeNet-5 for Fashion-MNIST")
+    card = (out / "README.md").read_text()  # the Hub metadata header, then the title
+    assert card.startswith("---\nlicense: mit\n") and "\n# LeNet-5 for Fashion-MNIST\n" in card
