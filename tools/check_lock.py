@@ -15,40 +15,27 @@ count.
 from __future__ import annotations
 
 import argparse
-import json
-import os
-import shutil
-import subprocess
 import sys
 from pathlib import Path
 
 import yaml
 
 from fmnist.params import read_params
-from tools import run_tool
+from fmnist.presets import flatten
+from tools import ROOT, run_tool
+from tools.repo import dvc_json
 
-ROOT = Path(__file__).resolve().parents[1]
 # What `dvc status` says of a file that is merely not here (not pulled, not produced)
 ABSENT = ("deleted", "not in cache")
 
 
 def dvc_status(repo: Path) -> dict:
-    dvc = shutil.which("dvc", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                      os.environ.get("PATH", "")]))
-    proc = subprocess.run([dvc or "dvc", "status", "--json"], cwd=repo, text=True,
-                          capture_output=True, env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"check-lock: `dvc status` failed: {proc.stderr.strip()}")
-    return json.loads(proc.stdout or "{}")
+    return dvc_json(["status", "--json"], repo, "check-lock")
 
 
 def leaves(tree: object, prefix: str) -> dict[str, object]:
-    if not isinstance(tree, dict):
-        return {prefix: tree}
-    out: dict[str, object] = {}
-    for key, value in tree.items():
-        out.update(leaves(value, f"{prefix}.{key}"))
-    return out
+    """``tree``'s values by dotted key under ``prefix`` (``fmnist.presets.flatten``)."""
+    return flatten(tree, prefix + ".") if isinstance(tree, dict) and tree else {prefix: tree}
 
 
 def changed_keys(repo: Path, stage: str, params_file: str, entry: str) -> list[str]:

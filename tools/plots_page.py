@@ -18,18 +18,14 @@ from __future__ import annotations
 import argparse
 import base64
 import html
-import json
 import mimetypes
-import os
-import shutil
-import subprocess
-import sys
 import tempfile
 from pathlib import Path
 
 import vl_convert
 
 from tools import run_tool
+from tools.repo import dvc_json
 
 # The page may load nothing: no script at all, images only from data: URIs, only its
 # own inline style.
@@ -47,14 +43,8 @@ ul.errors { color: #8a3000; }
 
 def dvc_plots_json(revs: list[str], out_dir: Path, cwd: Path) -> dict:
     """`dvc plots diff REV... --json`: {"data": {name: [entries]}, "errors": [...]}"""
-    dvc = shutil.which("dvc", path=os.pathsep.join([str(Path(sys.executable).parent),
-                                                      os.environ.get("PATH", "")]))
-    proc = subprocess.run([dvc or "dvc", "plots", "diff", *revs, "--json", "-o", str(out_dir)],
-                          cwd=cwd, text=True, capture_output=True,
-                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
-    if proc.returncode != 0:
-        raise SystemExit(f"plots-page: `dvc plots diff` failed: {proc.stderr.strip()}")
-    return json.loads(proc.stdout or "{}")
+    return dvc_json(["plots", "diff", *revs, "--json", "-o", str(out_dir)], cwd,
+                    "plots-page")
 
 
 def data_uri(path: Path) -> str:

@@ -9,6 +9,7 @@ on the caller's home folder or git configuration.
 from __future__ import annotations
 
 import copy
+import json
 import os
 import shlex
 import shutil
@@ -148,3 +149,15 @@ def validate_pipeline(repo: Path, env: dict[str, str]) -> list[str]:
     if status.returncode != 0:
         problems.append(f"`dvc status` is not clean after repro: {status.stdout.strip()}")
     return problems
+
+
+def dvc_json(args: list[str], cwd: Path, what: str) -> dict:
+    """``dvc ARGS`` (this interpreter's dvc, no analytics) run for its JSON on stdout;
+    a failure is one line naming ``what``."""
+    dvc = shutil.which("dvc", path=os.pathsep.join([str(Path(sys.executable).parent),
+                                                      os.environ.get("PATH", "")]))
+    proc = subprocess.run([dvc or "dvc", *args], cwd=cwd, text=True, capture_output=True,
+                          env={**os.environ, "DVC_NO_ANALYTICS": "1"})
+    if proc.returncode != 0:
+        raise SystemExit(f"{what}: `dvc {' '.join(args[:2])}` failed: {proc.stderr.strip()}")
+    return json.loads(proc.stdout or "{}")
