@@ -11,13 +11,23 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def run_tool(main) -> None:
     """A tool's entry point: its exit code, and every error a user can cause (a
-    UserError, a missing file, a folder where a file belongs) as one line, exit 2."""
+    UserError, a missing file, a folder where a file belongs) as one line, exit 2.
+    ``tools.lock`` runs before the project is installed (``make install``): there the
+    same, for the errors of the machine (OSError), without importing ``fmnist``."""
     import sys
-
-    from fmnist.common import run_stage
 
     def call() -> None:
         code = main()
         sys.exit(code if isinstance(code, int) else 0)
 
+    try:
+        from fmnist.common import run_stage
+    except ImportError:  # not installed yet
+        try:
+            call()
+        except OSError as exc:
+            where = f"{exc.filename}: " if exc.filename else ""
+            print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
+            sys.exit(2)
+        return
     run_stage(call)
