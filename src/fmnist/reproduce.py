@@ -310,7 +310,7 @@ def reproduce(repo: Path, stages: list[str], workdir: Path, as_json: bool = Fals
     if unknown:
         raise UserError(f"no stage {unknown[0]!r} in the committed dvc.lock (there: "
                         f"{', '.join(lock['stages'])})")
-    log = sys.stderr if as_json else sys.stdout
+    log = sys.stderr  # stdout holds the verdicts alone: one line per stage first, or JSON
     clone = workdir / "clone"
     env = clone_env(clone, workdir / "home")
     run_in(["git", "clone", "-q", str(repo), str(clone)], workdir, env, f"for {repo}")
