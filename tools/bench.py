@@ -292,9 +292,9 @@ def numerics_rate(name: str, precision: str, mode: str, params_file: str, prepar
                   quick: bool) -> float:
     """In this (fresh) process: the project's training rate of ``name`` in
     ``precision`` with ``numerics: mode``, the median of timed windows."""
-    params = spec(name).load_params(params_file).model_copy(
-        update={"amp": precision, "numerics": mode, "threads": spec(name).load_params(
-            params_file).threads or 2})
+    params = spec(name).load_params(params_file)
+    params = params.model_copy(update={"amp": precision, "numerics": mode,
+                                       "threads": params.threads or 2})
     split = load_split(prepared, "train")
     n, per, warm = (2, 2, 1) if quick else {"lenet": (5, 40, 10), "alexnet": (4, 4, 2)}[name]
     return statistics.median(timed_windows(project_steps(name, params, split, prepared),
