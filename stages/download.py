@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from fmnist.common import StageArgumentParser, run_stage
+from fmnist.common import CommandParser, run_command
 from fmnist.download import download
 from fmnist.params import PARAMS_FILE, DownloadParams, load_section
 
 
 def main() -> None:
-    parser = StageArgumentParser(description=__doc__)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("out", type=Path, help="the folder of raw files (data/raw)")
     parser.add_argument("--params", default=PARAMS_FILE)
     args = parser.parse_args()
@@ -16,4 +16,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_command(main)

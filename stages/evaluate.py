@@ -3,7 +3,7 @@ the report. Each per-model option takes one path per model, in the order of --mo
 
 from pathlib import Path
 
-from fmnist.common import StageArgumentParser, UserError, run_stage
+from fmnist.common import CommandParser, run_command
 from fmnist.evaluate import ModelPaths, evaluate
 from fmnist.files import check_apart
 from fmnist.models import spec
@@ -14,23 +14,16 @@ PER_MODEL = {"checkpoints": "model folders (input)", "curves": "training curves 
 
 
 def main() -> None:
-    parser = StageArgumentParser(description=__doc__)
-    parser.add_argument("--params", default=PARAMS_FILE)
-    parser.add_argument("--prepared", type=Path, required=True)
-    parser.add_argument("--models", nargs="+", required=True, help="model names")
-    for key, what in PER_MODEL.items():
-        parser.add_argument(f"--{key}", nargs="+", type=Path, required=True, help=what)
+    parser = CommandParser(description=__doc__)
+    parser.add_per_model(PER_MODEL, PARAMS_FILE)
     parser.add_argument("--figures", type=Path, required=True, help="the PNGs' folder")
     parser.add_argument("--report", type=Path, required=True, help="the markdown report")
     args = parser.parse_args()
-    names = [spec(m).name for m in args.models]  # an unknown model is one line
-    if any(len(getattr(args, key)) != len(names) for key in PER_MODEL):
-        raise UserError(f"--{' --'.join(PER_MODEL)} need one path per model in --models")
+    models = [ModelPaths(spec(name).name, *paths)  # an unknown model is one line
+              for name, *paths in parser.per_model(args)]
     check_apart([args.prepared, args.params, *args.checkpoints, *args.curves],
                 [*args.metrics, *args.confusion, args.figures, args.report], "evaluate")
     params = load_section("evaluate", EvaluateParams, args.params)
-    models = [ModelPaths(*row) for row in zip(names, *(getattr(args, k) for k in PER_MODEL),
-                                              strict=True)]
     for r in evaluate(models, params, args.prepared, args.figures, args.report):
         t = r["metrics"]["test"]
         print(f"{r['meta']['title']}: test accuracy {t['accuracy']:.4f}, loss {t['loss']:.4f}, "
@@ -38,4 +31,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_command(main)

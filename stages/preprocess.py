@@ -2,13 +2,13 @@
 
 from pathlib import Path
 
-from fmnist.common import StageArgumentParser, run_stage
+from fmnist.common import CommandParser, run_command
 from fmnist.params import PARAMS_FILE, PreprocessParams, load_section
 from fmnist.preprocess import preprocess
 
 
 def main() -> None:
-    parser = StageArgumentParser(description=__doc__)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("raw", type=Path, help="the raw IDX files (data/raw)")
     parser.add_argument("out", type=Path, help="the prepared store (data/prepared)")
     parser.add_argument("--params", default=PARAMS_FILE)
@@ -21,4 +21,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_command(main)

@@ -7,7 +7,7 @@ itself again under torchrun (PyTorch's launcher), so dvc.yaml stays the same.
 import sys
 from pathlib import Path
 
-from fmnist.common import StageArgumentParser, run_stage
+from fmnist.common import CommandParser, run_command
 from fmnist.data import check_prepared
 from fmnist.files import check_apart
 from fmnist.models import MODELS, spec
@@ -17,7 +17,7 @@ from fmnist.train import RunPaths, train
 
 
 def main() -> None:
-    parser = StageArgumentParser(description=__doc__)
+    parser = CommandParser(description=__doc__)
     parser.add_argument("model", help=" | ".join(MODELS))
     parser.add_argument("--params", default=PARAMS_FILE)
     for flag, what in (("--prepared", "the prepared data (input)"),
@@ -44,4 +44,4 @@ def main() -> None:
 
 
 if __name__ == "__main__":
-    run_stage(main)
+    run_command(main)

@@ -71,3 +71,22 @@ def test_evaluate_does_not_run_the_training_loop():
     closure = closure_of("stages/evaluate.py")
     assert not {"src/fmnist/train.py", "src/fmnist/resume.py",
                 "src/fmnist/batching.py"} & closure
+
+
+def test_a_stage_runs_its_own_checkouts_code_not_the_installed_package(tmp_path):
+    """`dvc exp run --queue` or `--temp` runs a stage in a copy of the repository: the
+    deps DVC hashed are the copy's, so the code that runs must be the copy's too (the
+    link stages/fmnist -> ../src/fmnist), not the package installed from the main
+    checkout, which may have changed since the experiment was queued."""
+    import os
+    import subprocess
+    import sys
+
+    repo = copy_project(tmp_path, files=("stages", "src"))
+    init = repo / "src/fmnist/__init__.py"
+    init.write_text(init.read_text() + "\nprint('the copy of the package ran')\n")
+    env = {k: v for k, v in os.environ.items() if k != "PYTHONPATH"}
+    proc = subprocess.run([sys.executable, "stages/download.py", "--help"], cwd=repo,
+                          env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 0, proc.stderr
+    assert "the copy of the package ran" in proc.stdout

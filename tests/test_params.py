@@ -4,29 +4,21 @@ The schema cases are validated in-process, as each stage loads its section; a fe
 the stage itself, for the contract of the command (exit code 2, one line on stderr,
 nothing written)."""
 
+from functools import partial
+
 import pytest
 import yaml
 
 from fmnist.common import UserError
 from fmnist.models import MODELS, spec
-from fmnist.params import (
-    DownloadParams,
-    EvaluateParams,
-    PackageParams,
-    PreprocessParams,
-    load_runtime,
-    load_section,
-)
+from fmnist.params import RUNTIME_SECTION, STAGE_SECTIONS, load_runtime, load_section
 from tests.support import assert_one_line_error as one_line
 from tests.support import commit, run_script, run_stage, set_params
 from tools import ROOT
 
-LOADERS = {
-    "download": lambda p: load_section("download", DownloadParams, p),
-    "preprocess": lambda p: load_section("preprocess", PreprocessParams, p),
-    "evaluate": lambda p: load_section("evaluate", EvaluateParams, p),
-    "package": lambda p: load_section("package", PackageParams, p),
-    "runtime": load_runtime,
+LOADERS = {  # every section of params.yaml, by the stage that reads it
+    **{name: partial(load_section, name, schema) for name, schema in STAGE_SECTIONS.items()},
+    RUNTIME_SECTION: load_runtime,
     **{s.stage: s.load_params for s in MODELS.values()},
 }
 

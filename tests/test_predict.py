@@ -77,7 +77,7 @@ def test_predict_reads_npy_idx_and_jpeg_alike(packaged_template, pngs, tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = json.loads(proc.stdout)
     preds = out["predictions"]
-    assert out["model"] == "lenet" and out["view"] in ("none", "hflip") and out["errors"] == []
+    assert out["model"] == "lenet" and out["view"] in ("single", "hflip") and out["errors"] == []
     assert len(preds) == 50 * 3 + 2
     assert preds[0]["file"] == f"{tmp_path / 'batch.npy'}[0]"
     assert all(len(p["top"]) == 3 and p["top"][0]["class"] == p["class"] for p in preds)
@@ -256,7 +256,7 @@ def tiny_onnx(path: Path, fill: float = 0.01, channels: int = 1, classes: int = 
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     meta = model.metadata_props.add()
-    meta.key, meta.value = "fmnist", json.dumps({"model": "lenet", "tta": "none"})
+    meta.key, meta.value = "fmnist", json.dumps({"model": "lenet", "tta": "single"})
     onnx.save(model, path)
     return path
 

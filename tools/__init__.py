@@ -21,7 +21,7 @@ def run_tool(main) -> None:
         sys.exit(code if isinstance(code, int) else 0)
 
     try:
-        from fmnist.common import run_stage
+        from fmnist.common import run_command
     except ImportError:  # not installed yet
         try:
             call()
@@ -30,4 +30,4 @@ def run_tool(main) -> None:
             print(f"error: {where}{exc.strerror or exc}", file=sys.stderr)
             sys.exit(2)
         return
-    run_stage(call)
+    run_command(call)

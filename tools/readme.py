@@ -19,12 +19,14 @@ import sys
 from pathlib import Path
 from typing import Any
 
+from fmnist.common import option
 from fmnist.markdown import table
 from fmnist.models import MODELS, build_model
 from fmnist.params import PARAMS_FILE
 from fmnist.summary import layer_table
+from fmnist.views import LABELS, VIEWS
 from tools import ROOT, run_tool
-from tools.repo import option, stage_argv
+from tools.repo import stage_argv
 
 README, MODELS_DOC = Path("README.md"), Path("docs/models.md")
 
@@ -60,13 +62,13 @@ def results_table(root: Path = ROOT) -> str:
         secs = f"{secs:,.0f} s" if secs is not None else "n/a"
         rate = f"{rate:,}" if rate is not None else "n/a"
         views = m.get("test_views")
-        views = (f"{views['single']['accuracy']:.4f} / {views['hflip']['accuracy']:.4f}"
+        views = (" / ".join(f"{views[v]['accuracy']:.4f}" for v in VIEWS)
                  if views else "n/a")
         rows.append([MODELS[name].title, f"{m['trainable_params']:,}", str(m["epochs"]),
                      meta_val, f"**{m['test']['accuracy']:.4f}**", views,
                      f"{m['test']['loss']:.3f}", secs, rate])
     return table(["Model", "Parameters", "Epochs", "Val accuracy (last epoch)",
-                  "Test accuracy", "Single view / image + mirror", "Test loss",
+                  "Test accuracy", " / ".join(LABELS[v] for v in VIEWS).capitalize(), "Test loss",
                   "Training time", "Training images/s"], rows)
 
 

@@ -82,7 +82,7 @@ def copy_project(dst: str | Path, root: Path = ROOT,
     for name in files:
         src = root / name
         if src.is_dir():
-            shutil.copytree(src, dst / name,
+            shutil.copytree(src, dst / name, symlinks=True,
                             ignore=shutil.ignore_patterns("__pycache__", "*.egg-info"))
         elif src.exists():
             shutil.copy2(src, dst / name)
@@ -106,16 +106,6 @@ def stage_argv(stage: str, root: Path = ROOT) -> list[str]:
     """A stage's ``cmd`` from dvc.yaml as an argument list, run by this interpreter."""
     argv = shlex.split(stages(root)[stage]["cmd"])
     return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
-
-
-def option(argv: list[str], flag: str) -> list[str]:
-    """The values of ``flag`` in an argument list: the words after it, up to the next
-    option (empty where the flag is absent)."""
-    if flag not in argv:
-        return []
-    rest = argv[argv.index(flag) + 1:]
-    end = next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))
-    return rest[:end]
 
 
 def positionals(argv: list[str]) -> list[str]:

@@ -17,7 +17,8 @@ import sys
 import tempfile
 from pathlib import Path
 
-from fmnist.common import ParamsError, StageArgumentParser, UserError, run_stage
+from fmnist.common import CommandParser, ParamsError, UserError, run_command
+from fmnist.views import VIEWS
 
 
 def _reproduce(args: argparse.Namespace) -> int:
@@ -53,26 +54,22 @@ def _check_params(args: argparse.Namespace) -> int:
     memory, a split leaving fewer training images than a batch, an unknown section."""
     from fmnist.models import MODELS, fits_in_memory
     from fmnist.params import (
+        RUNTIME_SECTION,
+        STAGE_SECTIONS,
         TRAIN_IMAGES,
-        DownloadParams,
-        EvaluateParams,
-        PackageParams,
-        PreprocessParams,
         load_runtime,
         load_section,
         read_params,
     )
     from fmnist.runtime import check_device, resolve_device
 
-    sections = {"download": DownloadParams, "preprocess": PreprocessParams,
-                "evaluate": EvaluateParams, "package": PackageParams}
-    known = {*sections, *(s.section for s in MODELS.values()), "runtime"}
+    known = {*STAGE_SECTIONS, *(s.section for s in MODELS.values()), RUNTIME_SECTION}
     unknown = sorted(set(read_params(args.params)) - known)
     if unknown:
         raise ParamsError(f"{args.params}: unknown section {unknown[0]!r} (known: "
                           f"{', '.join(sorted(known))})")
     loaded = {section: load_section(section, schema, args.params)
-              for section, schema in sections.items()}
+              for section, schema in STAGE_SECTIONS.items()}
     resolve_device(loaded["evaluate"].device)
     train_images = TRAIN_IMAGES - loaded["preprocess"].val_size
     for s in MODELS.values():
@@ -97,10 +94,10 @@ def _predict(args: argparse.Namespace) -> int:
 
 
 def parser() -> argparse.ArgumentParser:
-    top = StageArgumentParser(prog="fmnist", description=__doc__,
+    top = CommandParser(prog="fmnist", description=__doc__,
                               formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = top.add_subparsers(dest="command", required=True, metavar="COMMAND",
-                             parser_class=StageArgumentParser)
+                             parser_class=CommandParser)
     p = sub.add_parser("reproduce", help="re-run the committed training in a temporary "
                        "clone: the same bits, or the same result (a statistical verdict)",
                        description="Clone HEAD, run the stages from nothing with `dvc repro`, "
@@ -144,9 +141,9 @@ def parser() -> argparse.ArgumentParser:
                    "`dvc artifacts get` wrote) or an exported .onnx file")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files, folders, "
                    ".npy or IDX files")
-    p.add_argument("--tta", choices=("none", "hflip"), help="test-time view: one image, "
+    p.add_argument("--tta", choices=VIEWS, help="test-time view: one image, "
                    "or the mean of it and its mirror image (default: the model's recorded "
-                   "view, else params.yaml's evaluate.tta, else none)")
+                   "view, else params.yaml's evaluate.tta, else single)")
     p.add_argument("--no-convert", action="store_true",
                    help="take 28x28 images as they are; no trimming, resizing or inverting")
     p.add_argument("--top", type=int, default=2, metavar="K",
@@ -166,7 +163,7 @@ def main(argv: list[str] | None = None) -> None:
         args = parser().parse_args(argv)
         sys.exit(args.run(args))
 
-    run_stage(command)
+    run_command(command)
 
 
 if __name__ == "__main__":

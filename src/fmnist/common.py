@@ -1,4 +1,5 @@
-"""Small pieces every stage and command shares: user-facing errors and the entry point."""
+"""Small pieces every stage and `fmnist` command shares: user-facing errors, the argument
+parser and the entry point that turn them into one line."""
 
 from __future__ import annotations
 
@@ -6,6 +7,7 @@ import argparse
 import os
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from typing import NoReturn
 
 
@@ -34,12 +36,43 @@ def first_line(exc: BaseException, limit: int = 100) -> str:
     return lines[0][:limit] if lines else type(exc).__name__
 
 
-class StageArgumentParser(argparse.ArgumentParser):
+class CommandParser(argparse.ArgumentParser):
     """argparse, with a wrong command line as one line (a UserError) like every other
-    error a user can cause, instead of a usage block."""
+    error a user can cause, instead of a usage block; and the per-model options of the
+    stages that handle every model at once."""
+
+    per_model_options: dict[str, str] = {}
 
     def error(self, message: str) -> NoReturn:
         raise UserError(f"{self.prog}: {message} (see {self.prog} --help)")
+
+    def add_per_model(self, options: dict[str, str], params_file: str) -> None:
+        """The options of a stage that handles every model at once: ``--params``,
+        ``--prepared``, ``--models NAME ...`` and, for each of ``options`` (name: help),
+        an option that takes one path per model, in the order of ``--models``."""
+        self.per_model_options = options
+        self.add_argument("--params", default=params_file)
+        self.add_argument("--prepared", type=Path, required=True)
+        self.add_argument("--models", nargs="+", required=True, help="model names")
+        for key, what in options.items():
+            self.add_argument(f"--{key}", nargs="+", type=Path, required=True, help=what)
+
+    def per_model(self, args: argparse.Namespace) -> list[tuple[str, ...]]:
+        """A row per model: its name, then its path of each per-model option."""
+        keys = list(self.per_model_options)
+        if any(len(getattr(args, key)) != len(args.models) for key in keys):
+            raise UserError(f"--{' --'.join(keys)} need one path per model in --models")
+        return list(zip(args.models, *(getattr(args, key) for key in keys), strict=True))
+
+
+def option(argv: list[str], flag: str) -> list[str]:
+    """The values of ``flag`` in an argument list (a stage's cmd in dvc.yaml, the one
+    place paths live): the words after it, up to the next option; empty where absent."""
+    if flag not in argv:
+        return []
+    rest = argv[argv.index(flag) + 1:]
+    end = next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))
+    return rest[:end]
 
 
 # Set by relaunch_under_torchrun for its ranks: where a rank's one-line error goes, so
@@ -71,8 +104,9 @@ def fail(message: str) -> NoReturn:
     sys.exit(2)
 
 
-def run_stage(main: Callable[[], None]) -> None:
-    """Run a stage's ``main``; a UserError becomes one line on stderr and exit code 2."""
+def run_command(main: Callable[[], None]) -> None:
+    """Run a stage's or an `fmnist` command's ``main``: a UserError becomes one line on
+    stderr and exit code 2 (with the recovery hint under `dvc repro`)."""
     try:
         main()
     except UserError as exc:

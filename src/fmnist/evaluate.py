@@ -147,8 +147,7 @@ def evaluate_model(m: ModelPaths, model: torch.nn.Module, meta: dict[str, Any],
         "val": last_validation(meta),
         "test": test_scores,
         "test_views": {"headline": params.tta, **{
-            ("single" if view == "none" else view): {"accuracy": s["accuracy"],
-                                                     "loss": s["loss"]}
+            view: {"accuracy": s["accuracy"], "loss": s["loss"]}
             for view, s in view_scores.items()}},
     }
     write_json(out.file(m.metrics), metrics)

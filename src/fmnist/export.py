@@ -35,6 +35,7 @@ from fmnist.files import atomic_path
 from fmnist.inference import input_stats, predict_logits
 from fmnist.models import INPUT_SHAPE, Dropout, LocalResponseNorm, _band
 from fmnist.predict import ONNX_META_KEY
+from fmnist.views import SINGLE
 
 INPUT_NAME, OUTPUT_NAME = "images", "logits"
 
@@ -170,7 +171,7 @@ def check_onnx(path: Path, model: nn.Module, meta: dict[str, Any], split: Split,
 
     torch_logits = predict_logits(model, split, input_stats(meta), batch_size,
                                   torch.device("cpu")).numpy()
-    onnx_logits = OnnxModel(path, batch_size, threads).logits(split.images.numpy(), "none")
+    onnx_logits = OnnxModel(path, batch_size, threads).logits(split.images.numpy(), SINGLE)
     agreement = Agreement(
         images=len(split),
         same_class=int((torch_logits.argmax(1) == onnx_logits.argmax(1)).sum()),

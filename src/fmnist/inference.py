@@ -16,10 +16,7 @@ from fmnist import NUM_CLASSES
 from fmnist.common import UserError
 from fmnist.data import Split, Stats, eval_batches
 from fmnist.runtime import autocast
-
-# Test-time views: each image once, or the mean of the logits of each image and its
-# mirror image (the models train with horizontal flips, so both are images they know).
-VIEWS = ("none", "hflip")
+from fmnist.views import MIRROR, SINGLE, VIEWS
 
 
 def input_stats(meta: dict[str, Any]) -> Stats | None:
@@ -42,42 +39,32 @@ def input_stats(meta: dict[str, Any]) -> Stats | None:
 
 
 @torch.no_grad()
+def predict_views(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
+                  device: torch.device, amp: str = "none",
+                  views: tuple[str, ...] = VIEWS) -> dict[str, torch.Tensor]:
+    """Logits (float32, on the CPU) for every image of ``split``, in order, in each of
+    ``views`` (some of ``fmnist.views.VIEWS``), in one pass: each image's own logits are
+    computed once and serve both views."""
+    if not views or set(views) - set(VIEWS):
+        raise ValueError(f"unknown test-time views {views!r} (known: {', '.join(VIEWS)})")
+    model.eval()
+    out: dict[str, list[torch.Tensor]] = {view: [] for view in views}
+    for x, _ in eval_batches(split, batch_size, stats):
+        x = x.to(device, non_blocking=True)
+        with autocast(device, amp):
+            logits = model(x).float()
+            if MIRROR in out:
+                out[MIRROR].append(((logits + model(x.flip(-1)).float()) / 2).cpu())
+        if SINGLE in out:
+            out[SINGLE].append(logits.cpu())
+    return {view: torch.cat(o) if o else torch.empty(0, NUM_CLASSES) for view, o in out.items()}
+
+
 def predict_logits(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
                    device: torch.device, amp: str = "none",
-                   view: str = "none") -> torch.Tensor:
-    """Logits (float32, on the CPU) for every image of ``split``, in order, in one of
-    the ``VIEWS``."""
-    if view not in VIEWS:
-        raise ValueError(f"unknown test-time view {view!r}")
-    model.eval()
-    out = []
-    for x, _ in eval_batches(split, batch_size, stats):
-        x = x.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x).float()
-            if view == "hflip":
-                logits = (logits + model(x.flip(-1)).float()) / 2
-        out.append(logits.cpu())
-    return torch.cat(out) if out else torch.empty(0, NUM_CLASSES)
-
-
-@torch.no_grad()
-def predict_views(model: nn.Module, split: Split, stats: Stats | None, batch_size: int,
-                  device: torch.device, amp: str = "none") -> dict[str, torch.Tensor]:
-    """The logits of every one of the ``VIEWS`` in one pass: each image's own logits are
-    computed once and serve both views. The same numbers as ``predict_logits`` per view
-    (the same batches, the same operations)."""
-    model.eval()
-    plain, mirrored = [], []
-    for x, _ in eval_batches(split, batch_size, stats):
-        x = x.to(device, non_blocking=True)
-        with autocast(device, amp):
-            logits = model(x).float()
-            mirrored.append(((logits + model(x.flip(-1)).float()) / 2).cpu())
-        plain.append(logits.cpu())
-    if not plain:
-        return {view: torch.empty(0, NUM_CLASSES) for view in VIEWS}
-    return {"none": torch.cat(plain), "hflip": torch.cat(mirrored)}
+                   view: str = SINGLE) -> torch.Tensor:
+    """``predict_views`` of one view."""
+    return predict_views(model, split, stats, batch_size, device, amp, (view,))[view]
 
 
 def loss_and_accuracy(logits: torch.Tensor, labels: torch.Tensor) -> tuple[float, float]:

@@ -32,9 +32,9 @@ from fmnist.files import OutputSet, write_json, write_text
 from fmnist.markdown import recipe_rows, render, table
 from fmnist.models import spec
 from fmnist.params import EvaluateParams, PackageParams
-from fmnist.predict import VIEWS
 from fmnist.runtime import pin_numerics
 from fmnist.summary import layer_table
+from fmnist.views import LABELS, VIEWS
 
 FILES = ("model.pt", "meta.json", "model.onnx", "README.md")
 WEAKEST = 3  # classes the card names as the weakest, by F1
@@ -62,7 +62,7 @@ def read_metrics(path: Path) -> dict[str, Any]:
         numbers += [m["test"]["per_class"][c][k] for c in CLASSES
                     for k in ("precision", "recall", "f1")]
         views = m["test_views"]
-        numbers += [views[v][k] for v in ("single", "hflip") for k in ("accuracy", "loss")]
+        numbers += [views[v][k] for v in VIEWS for k in ("accuracy", "loss")]
         numbers += [m["train"][k] for k in ("loss", "accuracy")]
         if views["headline"] not in VIEWS or not all(
                 isinstance(x, int | float) and not isinstance(x, bool) for x in numbers):
@@ -144,7 +144,7 @@ def weakest(metrics: dict[str, Any], confused: Counter[tuple[str, str]],
 def hub_metadata(meta: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any]:
     """The card's YAML header, as model hubs read it (Hugging Face's model card
     metadata): licence, library, data set, tags and ``model-index`` with the test
-    results per view."""
+    results per view, the headline view first."""
     views = metrics["test_views"]
     return {
         "license": "mit",
@@ -161,8 +161,8 @@ def hub_metadata(meta: dict[str, Any], metrics: dict[str, Any]) -> dict[str, Any
                             "split": "test"},
                 "metrics": [{"type": "accuracy", "name": f"Test accuracy ({label})",
                              "value": round(views[key]["accuracy"], 4)}
-                            for key, label in (("hflip", "image + mirror"),
-                                               ("single", "single view"))],
+                            for key, label in sorted(  # the headline view first
+                                LABELS.items(), key=lambda kv: kv[0] != views["headline"])],
             }],
         }],
     }
@@ -179,9 +179,8 @@ def card(model: Any, meta: dict[str, Any], metrics: dict[str, Any],
 
     test, views = metrics["test"], metrics["test_views"]
     headline = views["headline"]
-    view_rows = [[f"{label}{' (headline)' if key == headline else ''}",
-                  fmt4(views[label]["accuracy"]), fmt4(views[label]["loss"])]
-                 for label, key in (("single", "none"), ("hflip", "hflip")) if label in views]
+    view_rows = [[f"{key}{' (headline)' if key == headline else ''}",
+                  fmt4(views[key]["accuracy"]), fmt4(views[key]["loss"])] for key in VIEWS]
     class_rows = [[c, *(fmt4(test["per_class"][c][k]) for k in ("precision", "recall", "f1"))]
                   for c in CLASSES]
     numerics = meta.get("numerics") or {}

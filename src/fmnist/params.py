@@ -34,6 +34,7 @@ from pydantic import (
 
 from fmnist import NUM_CLASSES
 from fmnist.common import ParamsError, UserError
+from fmnist.views import VIEWS
 
 PARAMS_FILE = "params.yaml"
 M = TypeVar("M", bound=BaseModel)
@@ -200,7 +201,7 @@ class EvaluateParams(Strict):
     misclassified: int = Field(ge=0, le=100, description="images in the error grid")
     device: Literal["auto", "cpu", "cuda", "mps"]
     # test-time augmentation: average the logits of each image and its mirror image
-    tta: Literal["none", "hflip"]
+    tta: Literal[VIEWS]  # type: ignore[valid-type]  # fmnist.views: one name each
     threads: int = Field(ge=1, le=1024, description="CPU threads, pinned as in training")
     numerics: Literal["portable", "native"]  # as in training: fmnist.numerics
 
@@ -209,6 +210,14 @@ class PackageParams(Strict):
     opset: int = Field(ge=17, le=23, description="the ONNX opset of the export")
     # ONNX Runtime against PyTorch, fp32, on the whole test split: the export fails above
     max_logit_diff: float = Field(gt=0, le=1)
+
+
+# The sections of the stages that train no model (each model's: fmnist.models.MODELS);
+# `runtime` is the one other section
+STAGE_SECTIONS: dict[str, type[Strict]] = {
+    "download": DownloadParams, "preprocess": PreprocessParams,
+    "evaluate": EvaluateParams, "package": PackageParams}
+RUNTIME_SECTION = "runtime"
 
 
 # ---------------------------------------------------------------- loading
@@ -331,4 +340,4 @@ def load_section(section: str, model: type[M], path: str | Path = PARAMS_FILE) -
 
 
 def load_runtime(path: str | Path = PARAMS_FILE) -> RuntimeParams:
-    return load_section("runtime", RuntimeParams, path)
+    return load_section(RUNTIME_SECTION, RuntimeParams, path)

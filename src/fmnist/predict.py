@@ -22,8 +22,8 @@ import numpy as np
 from fmnist import CLASSES
 from fmnist.common import UserError, first_line
 from fmnist.images import Item, read_inputs
+from fmnist.views import MIRROR, SINGLE, VIEWS
 
-VIEWS = ("none", "hflip")  # as fmnist.inference.VIEWS, without importing torch
 ONNX_META_KEY = "fmnist"   # the ONNX file's metadata entry: a JSON object
 MODEL_FILES = ("model.pt", "meta.json")
 
@@ -111,7 +111,7 @@ class OnnxModel:
     def logits(self, images: np.ndarray, view: str) -> np.ndarray:
         x = images[:, None].astype(np.float32) / np.float32(255)
         out = self._run(x)
-        if view == "hflip":
+        if view == MIRROR:
             out = (out + self._run(np.ascontiguousarray(x[..., ::-1]))) / np.float32(2)
         return out
 
@@ -154,7 +154,7 @@ def open_model(path: str | Path, batch_size: int = 1000) -> Model:
 
 
 def default_view(model: Model, params_file: Path) -> str:
-    """The model's recorded view, else params.yaml's ``evaluate.tta``, else none."""
+    """The model's recorded view, else params.yaml's ``evaluate.tta``, else a single view."""
     recorded = model.meta.get("tta")
     if recorded in VIEWS:
         return recorded
@@ -167,7 +167,7 @@ def default_view(model: Model, params_file: Path) -> str:
             tta = None
         if tta in VIEWS:
             return tta
-    return "none"
+    return SINGLE
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:

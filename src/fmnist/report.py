@@ -10,6 +10,7 @@ from typing import Any
 from fmnist import CLASSES
 from fmnist.files import write_text
 from fmnist.markdown import recipe_rows, table
+from fmnist.views import LABELS, MIRROR, SINGLE, VIEWS
 
 Row = tuple[str, Callable[[dict[str, Any]], str]]
 
@@ -38,12 +39,11 @@ def views_note(m: dict[str, Any]) -> list[str]:
     v = m.get("test_views")
     if not v:
         return []
-    single, mirror = v["single"]["accuracy"], v["hflip"]["accuracy"]
     head = ("the mean of the logits of each test image and its mirror image (test-time "
-            "augmentation, `evaluate.tta: hflip`)" if v["headline"] == "hflip"
-            else "each test image once (`evaluate.tta: none`)")
-    return [f"Test figures above: {head}. Test accuracy single view {single:.4f}, "
-            f"image + mirror {mirror:.4f}.", ""]
+            f"augmentation, `evaluate.tta: {MIRROR}`)" if v["headline"] == MIRROR
+            else f"each test image once (`evaluate.tta: {SINGLE}`)")
+    scores = ", ".join(f"{LABELS[k]} {v[k]['accuracy']:.4f}" for k in VIEWS)
+    return [f"Test figures above: {head}. Test accuracy {scores}.", ""]
 
 
 def data_note(counts: dict[str, int] | None) -> list[str]:

@@ -33,7 +33,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from fmnist.common import UserError
+from fmnist.common import UserError, option
 from fmnist.runtime import NATIVE_BF16_FLAGS
 from fmnist.stack import LOCK_FILE, differences
 
@@ -67,15 +67,7 @@ def environment_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]
 def cmd_option(pipeline: dict[str, Any], stage: str, flag: str) -> list[str]:
     """The values after ``flag`` in a stage's cmd in dvc.yaml (the one place paths
     live): ``--timings`` of a training stage, ``--confusion`` of evaluate."""
-    words = shlex.split(pipeline.get("stages", {}).get(stage, {}).get("cmd", ""))
-    if flag not in words:
-        return []
-    values = []
-    for word in words[words.index(flag) + 1:]:
-        if word.startswith("--"):
-            break
-        values.append(word)
-    return values
+    return option(shlex.split(pipeline.get("stages", {}).get(stage, {}).get("cmd", "")), flag)
 
 
 def timings_path(pipeline: dict[str, Any], stage: str) -> str | None:
