@@ -15,7 +15,7 @@ SUDO     := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 export PATH := $(BIN):$(PATH)
 export DVC_NO_ANALYTICS := 1
 
-.PHONY: run test test-fast bench lint data sshd install lock smoke reproduce check-lock plots clean
+.PHONY: run test test-fast bench lint data sshd install lock smoke reproduce check-lock plots seeds clean
 
 # Params first: DVC removes a stage's outputs before running it, even when the stage
 # then refuses its params
@@ -93,6 +93,13 @@ data:
 		($(SUDO) apt-get update -q && $(SUDO) apt-get install -y -q dataset-fashion-mnist) \
 		|| echo "warning: dataset-fashion-mnist not installed; download falls back to HTTP"; \
 	fi
+
+# The committed recipes with more seeds, as DVC experiments run one at a time in the
+# background; then `python -m tools.seeds` and `python -m tools.readme` (docs/experiments.md)
+SEEDS ?= 2,3,4,5
+seeds: install data
+	$(foreach m,lenet alexnet,dvc exp run evaluate --queue -S 'train_$(m).seed=$(SEEDS)' &&) true
+	dvc queue start -j 1
 
 # OpenSSH's server binary, for the test of the SSH remote (the test starts its own sshd).
 sshd:

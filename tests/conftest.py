@@ -1,11 +1,11 @@
 """Shared fixtures: synthetic IDX data, a loopback HTTP server, project copies to run in.
 Helpers that tests call directly are in tests/support.py.
 
-What costs seconds is built once per test run (session scope) and copied per test: the
-synthetic data, the prepared store (`prepared`), a work folder after the training
-and evaluate stages (`evaluated`), one after `package` too (`packaged_template`), and
-a git+DVC repo whose whole pipeline ran under `dvc repro` and was
-committed (`committed_repo`)."""
+What costs seconds is built once per test run, and once for all pytest-xdist workers:
+a git+DVC repo whose whole pipeline ran under `dvc repro` and was committed
+(`committed_template`). Every other pipeline state is derived from it, not run again:
+work folders after `preprocess` (`prepared`), after `evaluate` (`evaluated`) and after
+`package` (`packaged_template`), each copied per test."""
 
 from __future__ import annotations
 
@@ -23,11 +23,10 @@ from tests.support import (
     copy_workdir,
     make_workdir,
     output_hashes,
-    run_stages,
     tiny_overrides,
 )
 from tests.synthetic import write_dataset
-from tools.repo import make_repo, repo_env, run, update_params
+from tools.repo import copy_project, make_repo, repo_env, run, update_params
 
 # Fixtures that train, run stage subprocesses or start servers: a test that uses one is
 # in the slower tier (`e2e`), so `pytest -m 'not e2e'` stays under a minute.
@@ -69,11 +68,20 @@ def workdir(tmp_path, synthetic) -> Path:
     return make_workdir(tmp_path / "wd", synthetic)
 
 
+def derive_workdir(committed: Path, dst: Path, outputs: tuple[str, ...]) -> Path:
+    """A work folder (params.yaml and stages, as ``make_workdir`` makes one) holding the
+    committed repo's ``outputs``: the same params and code, so the same bytes as running
+    those stages again in the folder."""
+    copy_project(dst, committed, files=("params.yaml", "stages", *outputs))
+    for ignore in dst.rglob(".gitignore"):  # DVC's, for git: a work folder has no git
+        ignore.unlink()
+    return dst
+
+
 @pytest.fixture(scope="session")
-def prepared_template(tmp_path_factory, synthetic) -> Path:
-    wd = make_workdir(tmp_path_factory.mktemp("prepared"), synthetic)
-    run_stages(wd, "download", "preprocess")
-    return wd
+def prepared_template(committed_template, tmp_path_factory) -> Path:
+    return derive_workdir(committed_template[0], tmp_path_factory.mktemp("prepared") / "wd",
+                          ("data",))
 
 
 @pytest.fixture
@@ -83,24 +91,22 @@ def prepared(prepared_template, tmp_path) -> Path:
 
 
 @pytest.fixture(scope="session")
-def packaged_template(evaluated_template, tmp_path_factory) -> Path:
-    """A work folder after every stage, `package` included: read it, do not write to it."""
-    wd = copy_workdir(evaluated_template, tmp_path_factory.mktemp("packaged") / "wd")
-    run_stages(wd, "package")
-    return wd
-
-
-@pytest.fixture(scope="session")
-def evaluated_template(prepared_template, tmp_path_factory) -> Path:
-    wd = copy_workdir(prepared_template, tmp_path_factory.mktemp("evaluated") / "wd")
-    run_stages(wd, "train-lenet", "train-alexnet", "evaluate")
-    return wd
+def evaluated_template(committed_template, tmp_path_factory) -> Path:
+    return derive_workdir(committed_template[0], tmp_path_factory.mktemp("evaluated") / "wd",
+                          ("data", "models", "metrics", "state"))
 
 
 @pytest.fixture
 def evaluated(evaluated_template, tmp_path) -> Path:
-    """A work folder after all five stages (a copy of one built per run)."""
+    """A work folder after the training and evaluate stages (a copy of one built per run)."""
     return copy_workdir(evaluated_template, tmp_path / "wd")
+
+
+@pytest.fixture(scope="session")
+def packaged_template(committed_template, tmp_path_factory) -> Path:
+    """A work folder after every stage, `package` included: read it, do not write to it."""
+    return derive_workdir(committed_template[0], tmp_path_factory.mktemp("packaged") / "wd",
+                          ("data", "models", "metrics", "state", "dist"))
 
 
 @pytest.fixture

@@ -284,3 +284,21 @@ def test_check_params_refuses_what_a_stage_would_refuse(tmp_path, edit, needle):
     proc = _check_params(tmp_path, edit)
     assert proc.returncode == 2 and needle in proc.stderr, proc.stderr
     assert proc.stderr.count("\n") == 1
+
+
+def test_check_params_reads_the_split_sizes_from_the_downloaded_data(tmp_path):
+    """Where `download` has run, check-params holds the split and the batch sizes against
+    the images really there (600 here), not Fashion-MNIST's 60,000."""
+    import shutil
+
+    from tests.synthetic import write_dataset
+
+    shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
+    val_100 = _check_params(tmp_path, lambda d: d["preprocess"].update(val_size=100))
+    assert val_100.returncode == 0, val_100.stderr  # no data yet: 59,900 images
+    write_dataset(tmp_path / "data/raw", n_train=600, n_test=200)
+    proc = _check_params(tmp_path, lambda d: d["preprocess"].update(val_size=100))
+    assert proc.returncode == 2 and "512 is more than the 500 training images" in proc.stderr
+    proc = _check_params(tmp_path, lambda d: d["preprocess"].update(val_size=595))
+    assert proc.returncode == 2 and "leaves 5 training images for 10 classes" in proc.stderr
+    assert proc.stderr.count("\n") == 1

@@ -83,8 +83,10 @@ def test_run_cache_shared_between_clones(committed_repo, tmp_path):
     run(["dvc", "remote", "add", "-d", "local", str(storage)], repo, env)
     commit(repo, env, "remote")
     run(["dvc", "push"], repo, env)
-    exp_a = run(["dvc", "exp", "run", "-S", "train_lenet.lr=0.02"], repo, env).stdout
-    assert "train-lenet" in ran(exp_a)
+    # the training stage alone (its upstream is unchanged): no evaluate, no ONNX exports
+    exp_a = run(["dvc", "exp", "run", "train-lenet", "-S", "train_lenet.lr=0.02"], repo,
+                env).stdout
+    assert ran(exp_a) == {"train-lenet"}, exp_a
     lenet_a = output_hashes(repo)["models/lenet/model.pt"]
     run(["dvc", "push", "--run-cache"], repo, env)
 
@@ -93,8 +95,8 @@ def test_run_cache_shared_between_clones(committed_repo, tmp_path):
     run(["dvc", "pull", "--run-cache"], clone, env)
     # --pull: fetch the outputs that a run-cache entry names, which the clone's own
     # commits do not reference
-    exp_b = run(["dvc", "exp", "run", "--pull", "-S", "train_lenet.lr=0.02"], clone,
-                env).stdout
+    exp_b = run(["dvc", "exp", "run", "train-lenet", "--pull", "-S", "train_lenet.lr=0.02"],
+                clone, env).stdout
     assert "train-lenet" not in ran(exp_b), exp_b
     assert "Stage 'train-lenet' is cached - skipping run" in exp_b, exp_b
     assert output_hashes(clone)["models/lenet/model.pt"] == lenet_a

@@ -1,13 +1,13 @@
 """The generated blocks of the docs: README.md's results table, docs/models.md's
-architecture tables.
+architecture tables, docs/experiments.md's runs of each seed.
 
     python -m tools.readme           # rewrite the blocks
     python -m tools.readme --check   # exit 1 when a block is out of date (a test does this)
 
 A block sits between ``<!-- generated: NAME -->`` and ``<!-- end: NAME -->``. The
 architecture tables come from the models' code and params.yaml's ``arch``, the results
-table from the committed metrics and timings files that dvc.yaml declares: nothing is
-copied by hand.
+table from the committed metrics and timings files that dvc.yaml declares and
+metrics/seeds.json (``python -m tools.seeds``): nothing is copied by hand.
 """
 
 from __future__ import annotations
@@ -28,7 +28,9 @@ from fmnist.views import LABELS, VIEWS
 from tools import ROOT, run_tool
 from tools.repo import stage_argv
 
-README, MODELS_DOC = Path("README.md"), Path("docs/models.md")
+README, MODELS_DOC, EXPERIMENTS_DOC = (Path("README.md"), Path("docs/models.md"),
+                                      Path("docs/experiments.md"))
+SEEDS_FILE = Path("metrics/seeds.json")  # written by tools.seeds
 
 
 def architecture_table(name: str, root: Path = ROOT) -> str:
@@ -47,6 +49,7 @@ def results_table(root: Path = ROOT) -> str:
     commands write them)."""
     evaluate = stage_argv("evaluate", root)
     models, metrics = option(evaluate, "--models"), option(evaluate, "--metrics")
+    seeds = _read(root / SEEDS_FILE)
     rows = []
     for name in MODELS:
         if name not in models:
@@ -64,19 +67,36 @@ def results_table(root: Path = ROOT) -> str:
         views = m.get("test_views")
         views = (" / ".join(f"{views[v]['accuracy']:.4f}" for v in VIEWS)
                  if views else "n/a")
+        s = seeds.get(name)
+        spread = (" / ".join(f"{s[v]['mean']:.4f} ± {s[v]['std']:.4f}" for v in VIEWS)
+                  + f" ({len(s['runs'])} seeds)" if s else "n/a")
         rows.append([MODELS[name].title, f"{m['trainable_params']:,}", str(m["epochs"]),
-                     meta_val, f"**{m['test']['accuracy']:.4f}**", views,
+                     meta_val, f"**{m['test']['accuracy']:.4f}**", views, spread,
                      f"{m['test']['loss']:.3f}", secs, rate])
+    both = " / ".join(LABELS[v] for v in VIEWS)
     return table(["Model", "Parameters", "Epochs", "Val accuracy (last epoch)",
-                  "Test accuracy", " / ".join(LABELS[v] for v in VIEWS).capitalize(), "Test loss",
-                  "Training time", "Training images/s"], rows)
+                  "Test accuracy", both.capitalize(), f"Seeds: mean ± std ({both})",
+                  "Test loss", "Training time", "Training images/s"], rows)
+
+
+def seeds_table(root: Path = ROOT) -> str:
+    """Each seed's run of each model, from metrics/seeds.json."""
+    seeds = _read(root / SEEDS_FILE)
+    rows = [[MODELS[name].title, str(r["seed"]), r["run"],
+             *(f"{r[v]:.4f}" for v in VIEWS)]
+            for name, s in seeds.items() for r in s["runs"]]
+    if not rows:
+        return "No seeds summarised yet: `python -m tools.seeds`."
+    return table(["Model", "Seed", "Run", *(f"Test accuracy, {LABELS[v]}" for v in VIEWS)],
+                 rows)
 
 
 def blocks(root: Path = ROOT) -> dict[Path, dict[str, str]]:
     """file -> block name -> its generated text."""
     return {README: {"results": results_table(root)},
             MODELS_DOC: {"architectures": "\n\n".join(architecture_table(m, root)
-                                                      for m in MODELS)}}
+                                                      for m in MODELS)},
+            EXPERIMENTS_DOC: {"seeds": seeds_table(root)}}
 
 
 def render(text: str, generated: dict[str, str], where: Path = README) -> str:
@@ -106,7 +126,7 @@ def main() -> None:
             print(f"out of date: {', '.join(map(str, out_of_date))}: run "
                   "`python -m tools.readme`", file=sys.stderr)
             sys.exit(1)
-        print("README.md and docs/models.md are up to date")
+        print(f"{', '.join(map(str, blocks()))} are up to date")
         return
     for f, gen in blocks().items():
         if f in out_of_date:

@@ -48,10 +48,32 @@ def _presets(args: argparse.Namespace) -> int:
     return 0
 
 
+def _downloaded_train_labels(root: Path):
+    """The training labels `download` wrote, where they are: in the folder that the
+    preprocess cmd of ``root``/dvc.yaml reads (None where either is missing)."""
+    import shlex
+
+    import yaml
+
+    from fmnist.idx import raw_paths, read_idx
+
+    try:
+        cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["preprocess"]["cmd"]
+        words = shlex.split(cmd)
+        raw = words[next(i for i, w in enumerate(words) if w.endswith(".py")) + 1]
+    except (OSError, KeyError, TypeError, StopIteration, IndexError, ValueError,
+            yaml.YAMLError):
+        return None
+    labels = raw_paths(root / raw, "train")[1]
+    return read_idx(labels) if labels.is_file() else None
+
+
 def _check_params(args: argparse.Namespace) -> int:
     """Every section as its stage reads it, and what a stage would refuse later, after
     DVC had removed its outputs: a device this machine lacks, a model too big for its
-    memory, a split leaving fewer training images than a batch, an unknown section."""
+    memory, a split the downloaded data cannot give (where it is present; else
+    Fashion-MNIST's 60,000 training images), fewer training images than a batch, an
+    unknown section."""
     from fmnist.models import MODELS, fits_in_memory
     from fmnist.params import (
         RUNTIME_SECTION,
@@ -71,7 +93,13 @@ def _check_params(args: argparse.Namespace) -> int:
     loaded = {section: load_section(section, schema, args.params)
               for section, schema in STAGE_SECTIONS.items()}
     resolve_device(loaded["evaluate"].device)
-    train_images = TRAIN_IMAGES - loaded["preprocess"].val_size
+    val_size = loaded["preprocess"].val_size
+    labels = _downloaded_train_labels(Path(args.params).parent)
+    if labels is not None:
+        from fmnist.preprocess import check_split
+
+        check_split(labels, val_size, args.params)
+    train_images = (TRAIN_IMAGES if labels is None else len(labels)) - val_size
     for s in MODELS.values():
         p = s.load_params(args.params)
         where = f"{args.params}: {s.section}"

@@ -112,10 +112,15 @@ def write_idx(path: str | Path, array: np.ndarray) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def raw_paths(raw_dir: Path, prefix: str) -> tuple[Path, Path]:
+    """The images and labels files of one split ('train' or 't10k') in ``raw_dir``."""
+    return (raw_dir / f"{prefix}-images-idx3-ubyte.gz",
+            raw_dir / f"{prefix}-labels-idx1-ubyte.gz")
+
+
 def load_raw_split(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:
     """Read and check one split ('train' or 't10k') of the raw IDX files."""
-    img_path = raw_dir / f"{prefix}-images-idx3-ubyte.gz"
-    lbl_path = raw_dir / f"{prefix}-labels-idx1-ubyte.gz"
+    img_path, lbl_path = raw_paths(raw_dir, prefix)
     images, labels = read_idx(img_path), read_idx(lbl_path)
     if images.dtype != np.uint8 or images.ndim != 3 or images.shape[1:] != (28, 28):
         raise IdxError(f"{img_path}: expected uint8 images of 28x28, got {images.dtype} "

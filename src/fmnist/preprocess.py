@@ -20,6 +20,19 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed
     sides keep at least one image of every class."""
     if val_size == 0:
         return (images, labels), (images[:0], labels[:0])
+    check_split(labels, val_size, source)
+    idx_train, idx_val = train_test_split(
+        np.arange(len(labels)), test_size=val_size, random_state=seed, stratify=labels)
+    idx_train.sort()
+    idx_val.sort()
+    return (images[idx_train], labels[idx_train]), (images[idx_val], labels[idx_val])
+
+
+def check_split(labels: np.ndarray, val_size: int, source: str | Path = PARAMS_FILE) -> None:
+    """A UserError where ``val_size`` images cannot be held out of ``labels`` with every
+    class on both sides (``fmnist check-params`` asks too, before DVC removes outputs)."""
+    if val_size == 0:
+        return
     key = f"{source}: preprocess.val_size: {val_size}"
     if val_size >= len(labels):
         raise UserError(f"{key} leaves no training images (the training split has "
@@ -31,11 +44,6 @@ def split_validation(images: np.ndarray, labels: np.ndarray, val_size: int, seed
     if len(labels) - val_size < n_classes:
         raise UserError(f"{key} leaves {len(labels) - val_size} training images for "
                         f"{n_classes} classes: at most {len(labels) - n_classes}")
-    idx_train, idx_val = train_test_split(
-        np.arange(len(labels)), test_size=val_size, random_state=seed, stratify=labels)
-    idx_train.sort()
-    idx_val.sort()
-    return (images[idx_train], labels[idx_train]), (images[idx_val], labels[idx_val])
 
 
 def preprocess(params: PreprocessParams, raw_dir: str | Path, out_dir: str | Path,

@@ -1,0 +1,112 @@
+"""The committed recipes over several seeds: each model's test accuracy (both views) for
+the committed run and for DVC experiments that changed nothing but that model's seed.
+
+    make seeds                    # queue the experiments (dvc exp run --queue -S grid)
+    dvc queue status              # ... and wait for them
+    python -m tools.seeds         # write metrics/seeds.json from `dvc exp show`
+    python -m tools.readme        # the README's mean ± std and docs/experiments.md's rows
+
+An experiment counts for model NAME when its params equal params.yaml's but for
+``train_NAME.seed`` and it succeeded; its figures are its ``metrics/NAME.json``. The
+committed run (params.yaml's seed, the committed metrics) is the first of each list.
+Experiments of the last commits count (``dvc exp show -n 30``): the seeds may have run
+before a later commit that changed no stage's outputs; each run names its commit.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import statistics
+from pathlib import Path
+from typing import Any
+
+from fmnist.common import UserError, option
+from fmnist.models import MODELS
+from fmnist.params import PARAMS_FILE, read_params
+from fmnist.presets import flatten
+from fmnist.views import VIEWS
+from tools import ROOT, run_tool
+from tools.readme import SEEDS_FILE
+from tools.repo import dvc_json, stage_argv
+
+
+def metrics_paths(root: Path = ROOT) -> dict[str, str]:
+    """model name -> its metrics JSON, as evaluate's cmd in dvc.yaml writes them."""
+    evaluate = stage_argv("evaluate", root)
+    return dict(zip(option(evaluate, "--models"), option(evaluate, "--metrics"), strict=True))
+
+
+def scores(metrics: dict[str, Any]) -> dict[str, float]:
+    return {view: metrics["test_views"][view]["accuracy"] for view in VIEWS}
+
+
+def experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """Every experiment of ``dvc exp show --json``: name, commit, state, params, metrics."""
+    out = []
+    for rev in shown:
+        for exp in rev.get("experiments") or []:
+            for ex in exp.get("revs", []):
+                data = ex.get("data") or {}
+                out.append({
+                    "name": ex.get("name") or ex.get("rev"),
+                    "commit": rev.get("rev"),
+                    "state": (exp.get("executor") or {}).get("state") or "success",
+                    "params": (data.get("params", {}).get(PARAMS_FILE) or {}).get("data", {}),
+                    "metrics": {k: (v or {}).get("data") or {}
+                                for k, v in (data.get("metrics") or {}).items()}})
+    return out
+
+
+def summary(params: dict[str, Any], committed: dict[str, dict[str, Any]],
+            exps: list[dict[str, Any]], paths: dict[str, str]) -> dict[str, Any]:
+    """model -> its runs (committed first, then each seed once) and the mean and sample
+    standard deviation of each view's test accuracy."""
+    base = flatten(params)
+    out = {}
+    for name, spec in MODELS.items():
+        key = f"{spec.section}.seed"
+        runs = [{"seed": base[key], "run": "committed", **scores(committed[name])}]
+        for e in sorted(exps, key=lambda e: e["name"]):
+            theirs = flatten(e["params"])
+            seed = theirs.get(key)
+            if e["state"] != "success" or seed in {r["seed"] for r in runs} or \
+                    {k: v for k, v in theirs.items() if k != key} != \
+                    {k: v for k, v in base.items() if k != key}:
+                continue
+            m = e["metrics"].get(paths[name])
+            if m and "test_views" in m:
+                runs.append({"seed": seed, "run": f"{e['name']} ({e['commit'][:7]})",
+                             **scores(m)})
+        stats = {view: {"mean": statistics.fmean(r[view] for r in runs),
+                        "std": statistics.stdev(r[view] for r in runs) if len(runs) > 1
+                        else 0.0} for view in VIEWS}
+        out[name] = {"runs": runs, **stats}
+    return out
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(prog="python -m tools.seeds",
+                                     description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=ROOT / SEEDS_FILE)
+    parser.add_argument("--commits", type=int, default=30,
+                        help="experiments of this many commits back from HEAD count")
+    args = parser.parse_args()
+    paths = metrics_paths()
+    committed = {}
+    for name, path in paths.items():
+        try:
+            committed[name] = json.loads((ROOT / path).read_text())
+        except (OSError, ValueError) as exc:
+            raise UserError(f"{path}: the committed run's metrics are unreadable ({exc}): "
+                            "`dvc pull` or `dvc repro evaluate`") from None
+    shown = dvc_json(["exp", "show", "--json", "-n", str(args.commits)], ROOT, "the experiments")
+    result = summary(read_params(ROOT / PARAMS_FILE), committed, experiments(shown), paths)
+    args.out.write_text(json.dumps(result, indent=2) + "\n")
+    for name, s in result.items():
+        figures = ", ".join(f"{v} {s[v]['mean']:.4f} ± {s[v]['std']:.4f}" for v in VIEWS)
+        print(f"{name}: {len(s['runs'])} seeds, {figures}")
+
+
+if __name__ == "__main__":
+    run_tool(main)
