@@ -65,8 +65,10 @@ def test_overfits_a_batch(name):
     torch.manual_seed(0)
     arch = {**TINY_ALEXNET, "channels": [8, 16, 16, 16, 16], "fc": 64, "dropout": 0.0} \
         if name == "alexnet" else {}
-    model = build_model(name, arch)
-    x, y = torch.randn(64, 1, 28, 28), torch.randint(0, 10, (64,))
+    # channels-last, as training builds it (fmnist.train)
+    model = build_model(name, arch).to(memory_format=torch.channels_last)
+    x = torch.randn(64, 1, 28, 28).contiguous(memory_format=torch.channels_last)
+    y = torch.randint(0, 10, (64,))
     opt = torch.optim.Adam(model.parameters(), lr=3e-3)
     for _ in range(150):
         loss = torch.nn.functional.cross_entropy(model(x), y)
@@ -151,8 +153,14 @@ def test_readme_results_table_follows_the_metrics(tmp_path):
     (tmp_path / "metrics/timings/lenet.json").write_text(
         json.dumps({"train_seconds": 12.3, "images_per_second": 4567}))
     table = readme.results_table(tmp_path)
-    assert "| LeNet-5 | 44,426 | 3 | 0.8123 | **0.8765** | n/a | 0.432 | 12 s | 4,567 |" in table
+    assert "| LeNet-5 | 44,426 | 3 | 0.8123 | **0.8765** | n/a | n/a | 0.432 | 12 s | 4,567 |" \
+        in table
     assert "AlexNet" not in table  # no metrics, no row
+    # and the seeds' spread, from metrics/seeds.json (tools.seeds)
+    seeds = {"lenet": {"runs": [{}, {}, {}], "single": {"mean": 0.91, "std": 0.002},
+                       "hflip": {"mean": 0.92, "std": 0.0015}}}
+    (tmp_path / "metrics/seeds.json").write_text(json.dumps(seeds))
+    assert "| 0.9100 ± 0.0020 / 0.9200 ± 0.0015 (3 seeds) |" in readme.results_table(tmp_path)
 
 
 def test_dropout_matches_torch_in_distribution():

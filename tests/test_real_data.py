@@ -7,10 +7,12 @@ import pytest
 
 from fmnist.download import download
 from fmnist.idx import load_raw_split
-from fmnist.params import RAW_FILES, DownloadParams, load_section
+from fmnist.params import RAW_FILES, DownloadParams, load_section, read_params
 from tools import ROOT
 
-LOCAL = Path("/usr/share/datasets/fashion-mnist")
+# params.yaml's first source: Debian's package dataset-fashion-mnist (the Makefile's
+# DATA_DIR, which `make data` installs, must be the same folder)
+LOCAL = Path(read_params(ROOT / "params.yaml")["download"]["sources"][0])
 
 # .ci/run sets FMNIST_REAL_DATA=required where the Debian package exists (so `make test`
 # installed it): there a missing file fails this test instead of skipping it.
@@ -21,7 +23,7 @@ pytestmark = pytest.mark.skipif(
 
 def test_default_source_verifies_and_counts(tmp_path):
     params = load_section("download", DownloadParams, ROOT / "params.yaml")
-    assert params.sources[0] == str(LOCAL)
+    assert f"DATA_DIR := {LOCAL}\n" in (ROOT / "Makefile").read_text()
     local_only = params.model_copy(update={"sources": [str(LOCAL)]})
     used = download(local_only, tmp_path)  # raises unless all four SHA-256s match
     assert set(used) == set(RAW_FILES)
