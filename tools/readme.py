@@ -69,7 +69,7 @@ def results_table(root: Path = ROOT) -> str:
                  if views else "n/a")
         s = seeds.get(name)
         spread = (" / ".join(f"{s[v]['mean']:.4f} ± {s[v]['std']:.4f}" for v in VIEWS)
-                  + f" ({len(s['runs'])} seeds)" if s else "n/a")
+                  + f" ({len(s['runs'])} seeds)" if s and len(s["runs"]) > 1 else "n/a")
         rows.append([MODELS[name].title, f"{m['trainable_params']:,}", str(m["epochs"]),
                      meta_val, f"**{m['test']['accuracy']:.4f}**", views, spread,
                      f"{m['test']['loss']:.3f}", secs, rate])

@@ -78,6 +78,7 @@ def summary(params: dict[str, Any], committed: dict[str, dict[str, Any]],
             if m and "test_views" in m:
                 runs.append({"seed": seed, "run": f"{e['name']} ({e['commit'][:7]})",
                              **scores(m)})
+        runs = runs[:1] + sorted(runs[1:], key=lambda r: r["seed"])
         stats = {view: {"mean": statistics.fmean(r[view] for r in runs),
                         "std": statistics.stdev(r[view] for r in runs) if len(runs) > 1
                         else 0.0} for view in VIEWS}
