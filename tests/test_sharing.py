@@ -12,6 +12,7 @@ from pathlib import Path
 
 import pytest
 
+import tools.seeds
 from tests.support import commit, free_port, output_hashes, ran
 from tools.repo import run
 
@@ -152,17 +153,7 @@ def experiments(repo, env, timeout: float | None = None) -> dict[str, dict] | No
         if timeout is None:
             raise RuntimeError(proc.stdout + proc.stderr)
         return None
-    shown = json.loads(proc.stdout)
-    out = {}
-    for rev in shown:
-        for exp in rev.get("experiments") or []:
-            for ex in exp.get("revs", []):
-                data = ex.get("data") or {}
-                out[ex["name"]] = {
-                    "state": (exp.get("executor") or {}).get("state"),
-                    "params": data.get("params", {}).get("params.yaml", {}).get("data", {}),
-                    "metrics": {k: v.get("data") for k, v in data.get("metrics", {}).items()}}
-    return out
+    return {e["name"]: e for e in tools.seeds.experiments(json.loads(proc.stdout))}
 
 
 def test_a_sweep_watched_live_then_shared_through_git(committed_repo, tmp_path):

@@ -42,7 +42,9 @@ def scores(metrics: dict[str, Any]) -> dict[str, float]:
 
 
 def experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
-    """Every experiment of ``dvc exp show --json``: name, commit, state, params, metrics."""
+    """Every experiment of ``dvc exp show --json``: name, commit, state (its executor's:
+    queued, running, success, failed; None for one that ran in the workspace), params
+    and metrics."""
     out = []
     for rev in shown:
         for exp in rev.get("experiments") or []:
@@ -51,7 +53,7 @@ def experiments(shown: list[dict[str, Any]]) -> list[dict[str, Any]]:
                 out.append({
                     "name": ex.get("name") or ex.get("rev"),
                     "commit": rev.get("rev"),
-                    "state": (exp.get("executor") or {}).get("state") or "success",
+                    "state": (exp.get("executor") or {}).get("state"),
                     "params": (data.get("params", {}).get(PARAMS_FILE) or {}).get("data", {}),
                     "metrics": {k: (v or {}).get("data") or {}
                                 for k, v in (data.get("metrics") or {}).items()}})
@@ -70,7 +72,7 @@ def summary(params: dict[str, Any], committed: dict[str, dict[str, Any]],
         for e in sorted(exps, key=lambda e: e["name"]):
             theirs = flatten(e["params"])
             seed = theirs.get(key)
-            if e["state"] != "success" or seed in {r["seed"] for r in runs} or \
+            if e["state"] not in ("success", None) or seed in {r["seed"] for r in runs} or \
                     {k: v for k, v in theirs.items() if k != key} != \
                     {k: v for k, v in base.items() if k != key}:
                 continue
