@@ -179,6 +179,21 @@ def test_onnx_predict_runs_where_torch_cannot_be_imported(packaged_template, png
     assert proc.returncode != 0 and "blocked" in proc.stderr
 
 
+def test_the_onnx_side_imports_no_torch(tmp_path):
+    """The torch-free corner: reading images, the ONNX contract and ONNX Runtime
+    (fmnist.predict, fmnist.images, fmnist.views and what they import) load where torch
+    cannot be imported, and import none of it."""
+    blocker = tmp_path / "block"
+    (blocker / "torch").mkdir(parents=True)
+    (blocker / "torch" / "__init__.py").write_text("raise ImportError('torch is blocked')\n")
+    code = ("import sys\nimport fmnist.predict, fmnist.images, fmnist.views\n"
+            "print(sorted(m for m in sys.modules if m.split('.')[0] == 'torch'))")
+    proc = subprocess.run([PY, "-c", code], env={**os.environ, "PYTHONPATH": str(blocker)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == "[]"
+
+
 # ---------------------------------------------------------------- conversion (fast)
 
 
