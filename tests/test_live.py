@@ -68,3 +68,35 @@ def test_a_failed_run_puts_back_the_previous_live_metrics(tmp_path, monkeypatch)
     assert json.loads((tmp_path / "live/metrics.json").read_text())["step"] == 0
     live.put_back()
     assert (tmp_path / "live/metrics.json").read_text() == '{"step": 39}\n'
+
+
+def test_a_training_run_that_fails_leaves_the_previous_live_metrics(prepared, monkeypatch):
+    """A run stopped in its first epoch (a Ctrl-C here), when DVCLive has already
+    started its own file, puts that file back as the previous run left it: the live
+    metrics still describe the model beside them."""
+    from fmnist import resume as resume_module
+    from fmnist.models import spec
+    from fmnist.runtime import setup_runtime
+    from fmnist.train import RunPaths, train
+
+    wd = prepared
+    live = wd / "live"
+    live.mkdir()
+    (live / "metrics.json").write_text('{"step": 39}\n')
+    save = resume_module.save_torch
+
+    def save_then_die(obj, path):  # the first epoch's resume state, then Ctrl-C
+        save(obj, path)
+        died.append((live / "metrics.json").exists())  # DVCLive started its own file
+        raise KeyboardInterrupt
+
+    died: list[bool] = []
+
+    monkeypatch.setattr(resume_module, "save_torch", save_then_die)
+    params = spec("lenet").load_params(wd / "params.yaml")
+    paths = RunPaths(wd / "data/prepared", wd / "out", wd / "curves.tsv", wd / "state.pt",
+                     live=live)
+    with pytest.raises(KeyboardInterrupt):
+        train("lenet", params, paths, setup_runtime(params, spec("lenet").section))
+    assert died == [False]
+    assert (live / "metrics.json").read_text() == '{"step": 39}\n'
