@@ -261,13 +261,22 @@ def test_no_value_is_coerced(key, value):
 
 
 def _check_params(tmp_path, edit):
-    import subprocess
-    import sys
+    """`fmnist check-params` on params.yaml with ``edit`` applied, in-process (its
+    command line and exit code as the console command has them): returncode, stderr."""
+    import contextlib
+    import io
+    import types
+
+    from fmnist.cli import main
+
     data = yaml.safe_load((ROOT / "params.yaml").read_text())
     edit(data)
     (tmp_path / "params.yaml").write_text(yaml.safe_dump(data))
-    return subprocess.run([sys.executable, "-m", "fmnist.cli", "check-params", "--params",
-                           str(tmp_path / "params.yaml")], capture_output=True, text=True)
+    err = io.StringIO()
+    with contextlib.redirect_stderr(err), contextlib.redirect_stdout(io.StringIO()), \
+            pytest.raises(SystemExit) as end:
+        main(["check-params", "--params", str(tmp_path / "params.yaml")])
+    return types.SimpleNamespace(returncode=end.value.code, stderr=err.getvalue())
 
 
 @pytest.mark.parametrize("edit, needle", [
