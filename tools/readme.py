@@ -26,7 +26,7 @@ from fmnist.params import PARAMS_FILE
 from fmnist.summary import layer_table
 from fmnist.views import LABELS, VIEWS
 from tools import ROOT, run_tool
-from tools.repo import stage_argv
+from tools.repo import metrics_paths, stage_argv
 
 README, MODELS_DOC, EXPERIMENTS_DOC = (Path("README.md"), Path("docs/models.md"),
                                       Path("docs/experiments.md"))
@@ -47,14 +47,13 @@ def _read(path: Path) -> dict[str, Any]:
 def results_table(root: Path = ROOT) -> str:
     """One row per model from the committed metrics and timings (where dvc.yaml's
     commands write them)."""
-    evaluate = stage_argv("evaluate", root)
-    models, metrics = option(evaluate, "--models"), option(evaluate, "--metrics")
+    metrics = metrics_paths(root)
     seeds = _read(root / SEEDS_FILE)
     rows = []
     for name in MODELS:
-        if name not in models:
+        if name not in metrics:
             continue
-        m = _read(root / metrics[models.index(name)])
+        m = _read(root / metrics[name])
         if not m:
             continue
         timings = option(stage_argv(MODELS[name].stage, root), "--timings")

@@ -108,6 +108,14 @@ def stage_argv(stage: str, root: Path = ROOT) -> list[str]:
     return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
 
 
+def metrics_paths(root: Path = ROOT) -> dict[str, str]:
+    """model name -> its metrics JSON, as evaluate's cmd in dvc.yaml writes them."""
+    from fmnist.common import option
+
+    evaluate = stage_argv("evaluate", root)
+    return dict(zip(option(evaluate, "--models"), option(evaluate, "--metrics"), strict=True))
+
+
 def positionals(argv: list[str]) -> list[str]:
     """The positional arguments after the script in ``[python, script, ...]``, up to
     the first option."""

@@ -21,20 +21,14 @@ import statistics
 from pathlib import Path
 from typing import Any
 
-from fmnist.common import UserError, option
+from fmnist.common import UserError
 from fmnist.models import MODELS
 from fmnist.params import PARAMS_FILE, read_params
 from fmnist.presets import flatten
 from fmnist.views import VIEWS
 from tools import ROOT, run_tool
 from tools.readme import SEEDS_FILE
-from tools.repo import dvc_json, stage_argv
-
-
-def metrics_paths(root: Path = ROOT) -> dict[str, str]:
-    """model name -> its metrics JSON, as evaluate's cmd in dvc.yaml writes them."""
-    evaluate = stage_argv("evaluate", root)
-    return dict(zip(option(evaluate, "--models"), option(evaluate, "--metrics"), strict=True))
+from tools.repo import dvc_json, metrics_paths
 
 
 def scores(metrics: dict[str, Any]) -> dict[str, float]:
