@@ -71,13 +71,16 @@ install: $(STAMP)
 # Exactly requirements.lock: every package at its locked version, each file checked
 # against its hash, nothing resolved; then the project itself, with no dependencies.
 # uv installs, from pip's own sources (a fresh venv here: 21 s; pip took 141-156 s);
-# pip installs uv itself, from the lock's lines for it.
+# pip installs uv itself, from the lock's lines for it. uv also compiles the packages'
+# bytecode (about 20 s), which pip does by default and uv does not: where
+# PYTHONDONTWRITEBYTECODE is set (as on this machine kind) every `dvc`, stage and test
+# process would otherwise compile torch, scikit-learn and DVC anew, seconds each.
 $(STAMP): pyproject.toml requirements.lock
 	test -x $(VENV)/bin/python || $(PYTHON) -m venv $(VENV)
 	$(VENV)/bin/python -m tools.lock --uv-requirement > $(VENV)/uv-requirement.txt
 	$(VENV)/bin/python -m pip install -q --require-hashes --no-deps -r $(VENV)/uv-requirement.txt
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --require-hashes --no-deps \
-		$$($(VENV)/bin/python -m tools.lock --uv-sources) -r requirements.lock
+		--compile-bytecode $$($(VENV)/bin/python -m tools.lock --uv-sources) -r requirements.lock
 	$(VENV)/bin/uv pip install -q --python $(VENV)/bin/python --no-deps --no-build-isolation -e .
 	$(VENV)/bin/python -m tools.lock --check --allow-extra
 	touch $@

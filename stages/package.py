@@ -2,7 +2,6 @@
 checked against PyTorch on the test split, the model card). Each per-model option takes
 one path per model, in the order of --models."""
 
-
 from fmnist.common import CommandParser, run_command
 from fmnist.files import check_apart
 from fmnist.models import spec

@@ -1,18 +1,12 @@
 """dvc.yaml's deps are the stages' import closures (fmnist.closure): no more, no less."""
 
-import shlex
 from pathlib import Path
 
 import yaml
 
 from fmnist.closure import import_closure
 from tools import ROOT
-from tools.repo import copy_project, stages
-
-
-def stage_script(cmd: str) -> str:
-    """The script a stage's ``cmd`` runs (``python stages/x.py ...``)."""
-    return next(w for w in shlex.split(cmd) if w.endswith(".py"))
+from tools.repo import copy_project, stage_argv, stages
 
 
 def closure_of(script: str, root: Path = ROOT) -> set[str]:
@@ -25,7 +19,7 @@ def problems(root: Path = ROOT) -> list[str]:
     out = []
     for stage, st in stages(root).items():
         declared = {d for d in st.get("deps", []) if d.endswith(".py")}
-        needed = closure_of(stage_script(st["cmd"]), root)
+        needed = closure_of(stage_argv(stage, root)[1], root)  # python SCRIPT ...
         out += [f"{stage}: runs {f} but does not list it in deps"
                 for f in sorted(needed - declared)]
         out += [f"{stage}: lists {f} in deps but does not run it"

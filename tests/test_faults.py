@@ -14,7 +14,15 @@ import pytest
 
 from fmnist.common import UserError
 from fmnist.data import load_split, read_stats
-from fmnist.files import OutputSet, atomic_dir, load_torch, save_torch, sweep, write_json
+from fmnist.files import (
+    JOURNAL_SUFFIX,
+    OutputSet,
+    atomic_dir,
+    load_torch,
+    save_torch,
+    sweep,
+    write_json,
+)
 from fmnist.params import read_params
 from fmnist.stack import LOCK_FILE, differences
 from tests.support import PY, assert_one_line_error, free_port, run_stage, set_params
@@ -23,7 +31,7 @@ from tools import ROOT
 
 def strays(root: Path) -> list[str]:
     return sorted(str(p.relative_to(root)) for p in root.rglob("*")
-                  if p.name.endswith((".part", ".old", ".commit.json")))
+                  if p.name.endswith((".part", ".old", JOURNAL_SUFFIX)))
 
 
 def snapshot(root: Path, *dirs: str) -> dict[str, bytes]:

@@ -195,16 +195,15 @@ def test_every_path_a_stage_writes_is_declared_in_dvc_yaml(ran_repo, forced_reru
     and plots, the top-level metrics (timings), and its resume state (the `--state` in
     its cmd: per machine, git-ignored, never cached), and nothing else (DVC itself
     writes dvc.lock)."""
-    import shlex
-
     import yaml
+
+    from fmnist.common import option, stage_command
     repo, _ = ran_repo
     dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
     top_metrics = set(dvc.get("metrics", []))
     for stage, (_, written) in forced_reruns.items():
         declared = set(stage_paths(repo)[stage][1])
-        words = shlex.split(dvc["stages"][stage]["cmd"])
-        state = {words[words.index("--state") + 1]} if "--state" in words else set()
+        state = set(option(stage_command(dvc, stage), "--state"))
         allowed = declared | top_metrics | state | {"dvc.lock"}
         assert written, f"{stage} wrote nothing"
         stray = sorted(p for p in written

@@ -30,6 +30,7 @@ from torch.utils.flop_counter import FlopCounterMode
 
 from fmnist import NUM_CLASSES
 from fmnist.batching import epoch_order, train_batches
+from fmnist.common import positionals
 from fmnist.data import Split, load_split, load_stats
 from fmnist.files import write_json
 from fmnist.models import INPUT_SHAPE, MODELS, LocalResponseNorm, ReLUMaxPool, spec
@@ -37,7 +38,7 @@ from fmnist.params import PARAMS_FILE, TrainParams
 from fmnist.runtime import setup_runtime
 from fmnist.train import make_trainer
 from tools import ROOT, run_tool
-from tools.repo import positionals, repo_env, stage_argv
+from tools.repo import repo_env, stage_argv
 
 TARGETS = {"lenet": {"baseline": 4.0},
            "alexnet": {"baseline": 1.4, "peak": 0.7, "bf16_peak": 0.6, "bf16_speedup": 1.8}}

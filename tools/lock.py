@@ -100,14 +100,14 @@ def compile_lock(out: Path) -> None:
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.lock",
                                      description=__doc__.split("\n\n")[0])
-    parser.add_argument("--check", action="store_true",
-                        help="compare the installed packages with the lock, write nothing")
-    parser.add_argument("--allow-extra", action="store_true",
-                        help="with --check: packages the lock does not list are no failure")
-    parser.add_argument("--uv-requirement", action="store_true",
-                        help="print the lock's lines for uv itself (make install)")
-    parser.add_argument("--uv-sources", action="store_true",
-                        help="print pip's package sources as uv options (make install)")
+    switches = {
+        "--check": "compare the installed packages with the lock, write nothing",
+        "--allow-extra": "with --check: packages the lock does not list are no failure",
+        "--uv-requirement": "print the lock's lines for uv itself (make install)",
+        "--uv-sources": "print pip's package sources as uv options (make install)",
+    }
+    for flag, what in switches.items():
+        parser.add_argument(flag, action="store_true", help=what)
     parser.add_argument("--lock", type=Path, default=ROOT / LOCK_FILE)
     args = parser.parse_args(argv)
     if args.uv_requirement:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import copy
 import json
 import os
-import shlex
 import shutil
 import subprocess
 import sys
@@ -20,6 +19,7 @@ from typing import Any
 
 import yaml
 
+from fmnist.common import option, stage_command
 from tools import ROOT
 
 PROJECT_FILES = ("dvc.yaml", "params.yaml", "stages", "src", ".dvcignore", ".gitignore")
@@ -104,23 +104,16 @@ def stages(root: Path = ROOT) -> dict[str, dict[str, Any]]:
 
 def stage_argv(stage: str, root: Path = ROOT) -> list[str]:
     """A stage's ``cmd`` from dvc.yaml as an argument list, run by this interpreter."""
-    argv = shlex.split(stages(root)[stage]["cmd"])
+    argv = stage_command(yaml.safe_load((root / "dvc.yaml").read_text()), stage)
+    if not argv:
+        raise KeyError(f"dvc.yaml has no stage {stage!r} with a cmd")
     return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
 
 
 def metrics_paths(root: Path = ROOT) -> dict[str, str]:
     """model name -> its metrics JSON, as evaluate's cmd in dvc.yaml writes them."""
-    from fmnist.common import option
-
     evaluate = stage_argv("evaluate", root)
     return dict(zip(option(evaluate, "--models"), option(evaluate, "--metrics"), strict=True))
-
-
-def positionals(argv: list[str]) -> list[str]:
-    """The positional arguments after the script in ``[python, script, ...]``, up to
-    the first option."""
-    rest = argv[2:]
-    return rest[:next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))]
 
 
 def stage_paths(root: Path = ROOT) -> dict[str, tuple[list[str], list[str]]]:

@@ -51,18 +51,15 @@ def _presets(args: argparse.Namespace) -> int:
 def _downloaded_train_labels(root: Path):
     """The training labels `download` wrote, where they are: in the folder that the
     preprocess cmd of ``root``/dvc.yaml reads (None where either is missing)."""
-    import shlex
-
     import yaml
 
+    from fmnist.common import positionals, stage_command
     from fmnist.idx import raw_paths, read_idx
 
     try:
-        cmd = yaml.safe_load((root / "dvc.yaml").read_text())["stages"]["preprocess"]["cmd"]
-        words = shlex.split(cmd)
-        raw = words[next(i for i, w in enumerate(words) if w.endswith(".py")) + 1]
-    except (OSError, KeyError, TypeError, StopIteration, IndexError, ValueError,
-            yaml.YAMLError):
+        pipeline = yaml.safe_load((root / "dvc.yaml").read_text())
+        raw = positionals(stage_command(pipeline, "preprocess"))[0]  # preprocess.py RAW OUT
+    except (OSError, AttributeError, IndexError, ValueError, yaml.YAMLError):
         return None
     labels = raw_paths(root / raw, "train")[1]
     return read_idx(labels) if labels.is_file() else None

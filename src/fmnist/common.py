@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import argparse
 import os
+import shlex
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -63,6 +64,21 @@ class CommandParser(argparse.ArgumentParser):
         if any(len(getattr(args, key)) != len(args.models) for key in keys):
             raise UserError(f"--{' --'.join(keys)} need one path per model in --models")
         return list(zip(args.models, *(getattr(args, key) for key in keys), strict=True))
+
+
+def stage_command(pipeline: dict, stage: str) -> list[str]:
+    """A stage's ``cmd`` in a parsed dvc.yaml, as words: ``[python, script, ...]``
+    ([] where the stage or its cmd is missing)."""
+    st = (pipeline.get("stages") or {}).get(stage)
+    cmd = st.get("cmd") if isinstance(st, dict) else None
+    return shlex.split(cmd) if isinstance(cmd, str) else []
+
+
+def positionals(argv: list[str]) -> list[str]:
+    """The positional arguments after the script in ``[python, script, ...]``, up to
+    the first option."""
+    rest = argv[2:]
+    return rest[:next((i for i, w in enumerate(rest) if w.startswith("--")), len(rest))]
 
 
 def option(argv: list[str], flag: str) -> list[str]:

@@ -170,8 +170,8 @@ def evaluate(models: list[ModelPaths], params: EvaluateParams, prepared: Path,
     test = load_split(prepared, "test")
     counts = read_stats(prepared)["counts"]
     loaded = [load_checkpoint(m.checkpoint, m.name) for m in models]
-    targets = [fig_dir, report, *(p for m in models for p in (m.metrics, m.confusion))]
-    with OutputSet(report.with_name(f".{report.name}.commit.json"), targets) as out:
+    targets = [report, fig_dir, *(p for m in models for p in (m.metrics, m.confusion))]
+    with OutputSet.beside(targets) as out:
         figures = out.dir(fig_dir)
         results = [evaluate_model(m, model, meta, test, params, out, figures, device)
                    for m, (model, meta) in zip(models, loaded, strict=True)]

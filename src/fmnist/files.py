@@ -172,10 +172,13 @@ def atomic_dir(path: str | os.PathLike[str]) -> Iterator[Path]:
         _remove(tmp)
 
 
+JOURNAL_SUFFIX = ".commit.json"
+
+
 class OutputSet:
     """A stage's outputs built aside and swapped in together, or not at all.
 
-        with OutputSet(journal, [metrics, fig_dir]) as out:
+        with OutputSet.beside([metrics, fig_dir]) as out:
             write_json(out.file(metrics), ...)    # temporary paths beside the targets
             figures(out.dir(fig_dir))
         # on success every target is swapped in; on an exception none is
@@ -196,6 +199,13 @@ class OutputSet:
         self.targets = [Path(t) for t in targets]
         self.staged: list[tuple[Path, Path]] = []
         recover(self.journal, self.targets)
+
+    @classmethod
+    def beside(cls, targets: list[str | os.PathLike[str]]) -> OutputSet:
+        """The set with its journal beside its first target: ``.NAME.commit.json``
+        (hidden, and never one of a stage's declared outputs)."""
+        first = Path(targets[0])
+        return cls(first.with_name(f".{first.name}{JOURNAL_SUFFIX}"), targets)
 
     def _stage(self, path: str | os.PathLike[str], folder: bool) -> Path:
         path = Path(path)

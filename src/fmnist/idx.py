@@ -16,6 +16,7 @@ import numpy as np
 from fmnist import NUM_CLASSES
 from fmnist.common import UserError
 from fmnist.files import atomic_path
+from fmnist.params import RAW_FILES
 
 # IDX type code -> big-endian numpy dtype
 IDX_DTYPES = {
@@ -113,9 +114,10 @@ def write_idx(path: str | Path, array: np.ndarray) -> str:
 
 
 def raw_paths(raw_dir: Path, prefix: str) -> tuple[Path, Path]:
-    """The images and labels files of one split ('train' or 't10k') in ``raw_dir``."""
-    return (raw_dir / f"{prefix}-images-idx3-ubyte.gz",
-            raw_dir / f"{prefix}-labels-idx1-ubyte.gz")
+    """The images and labels files of one split ('train' or 't10k') in ``raw_dir``, as
+    ``download`` names them (``params.RAW_FILES``)."""
+    images, labels = (raw_dir / name for name in RAW_FILES if name.startswith(f"{prefix}-"))
+    return images, labels
 
 
 def load_raw_split(raw_dir: Path, prefix: str) -> tuple[np.ndarray, np.ndarray]:

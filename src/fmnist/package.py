@@ -100,9 +100,7 @@ def package(models: list[ReleasePaths], prepared: Path, params: PackageParams,
                read_metrics(m.metrics), confusions(m.confusion))
               for m in models]  # everything checked before anything is written
     out = []
-    first = models[0].out
-    with OutputSet(first.with_name(f".{first.name}.commit.json"),
-                   [m.out for m in models]) as staged:
+    with OutputSet.beside([m.out for m in models]) as staged:
         for m, ((model, meta), metrics, confused) in zip(models, loaded, strict=True):
             tmp = staged.dir(m.out)
             # the view evaluate reported, as the card states it

@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import json
 import os
-import shlex
 import subprocess
 import sys
 import time
@@ -33,7 +32,7 @@ from typing import Any, TextIO
 
 import yaml
 
-from fmnist.common import UserError, option
+from fmnist.common import UserError, option, stage_command
 from fmnist.runtime import NATIVE_BF16_FLAGS
 from fmnist.stack import LOCK_FILE, differences
 
@@ -67,7 +66,7 @@ def environment_diff(before: dict[str, Any], after: dict[str, Any]) -> list[str]
 def cmd_option(pipeline: dict[str, Any], stage: str, flag: str) -> list[str]:
     """The values after ``flag`` in a stage's cmd in dvc.yaml (the one place paths
     live): ``--timings`` of a training stage, ``--confusion`` of evaluate."""
-    return option(shlex.split(pipeline.get("stages", {}).get(stage, {}).get("cmd", "")), flag)
+    return option(stage_command(pipeline, stage), flag)
 
 
 def timings_path(pipeline: dict[str, Any], stage: str) -> str | None:

@@ -481,8 +481,7 @@ def _train(name: str, params: TrainParams, paths: RunPaths, rt: Runtime, data: T
     if rt.main:
         # the model, its curves and timings appear together, or not at all
         targets = [p for p in (paths.out_dir, paths.curves, paths.timings) if p is not None]
-        with OutputSet(paths.out_dir.with_name(f".{paths.out_dir.name}.commit.json"),
-                       targets) as out:
+        with OutputSet.beside(targets) as out:
             save_model(trainer.result, meta, out.dir(paths.out_dir))
             write_curves(out.file(paths.curves), progress.history)
             if paths.timings is not None:
