@@ -1,6 +1,6 @@
 # The three commands of the README's quick start, each self-contained on a fresh machine:
 #   make run        create .venv, install, make sure the data source is there, dvc repro
-#   make test       create .venv, install, run the whole test suite (about 15 minutes on 2 cores)
+#   make test       create .venv, install, run the whole test suite (about 6 minutes on 2 cores)
 #   make reproduce  re-train the committed run in a temporary clone: identical bits, or a verdict
 # Each is idempotent: a second call reuses the venv and the data. `make install` also
 # puts the `fmnist` command into .venv/bin.
