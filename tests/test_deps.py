@@ -5,8 +5,9 @@ from pathlib import Path
 import yaml
 
 from fmnist.closure import import_closure
+from fmnist.common import stage_command
 from tools import ROOT
-from tools.repo import copy_project, stage_argv, stages
+from tools.repo import copy_project, pipeline
 
 
 def closure_of(script: str, root: Path = ROOT) -> set[str]:
@@ -17,9 +18,10 @@ def closure_of(script: str, root: Path = ROOT) -> set[str]:
 def problems(root: Path = ROOT) -> list[str]:
     """Each stage's missing and superfluous .py deps, one line each."""
     out = []
-    for stage, st in stages(root).items():
+    dvc = pipeline(root)
+    for stage, st in dvc["stages"].items():
         declared = {d for d in st.get("deps", []) if d.endswith(".py")}
-        needed = closure_of(stage_argv(stage, root)[1], root)  # python SCRIPT ...
+        needed = closure_of(stage_command(dvc, stage)[1], root)  # python SCRIPT ...
         out += [f"{stage}: runs {f} but does not list it in deps"
                 for f in sorted(needed - declared)]
         out += [f"{stage}: lists {f} in deps but does not run it"

@@ -195,11 +195,10 @@ def test_every_path_a_stage_writes_is_declared_in_dvc_yaml(ran_repo, forced_reru
     and plots, the top-level metrics (timings), and its resume state (the `--state` in
     its cmd: per machine, git-ignored, never cached), and nothing else (DVC itself
     writes dvc.lock)."""
-    import yaml
-
     from fmnist.common import option, stage_command
+    from tools.repo import pipeline
     repo, _ = ran_repo
-    dvc = yaml.safe_load((repo / "dvc.yaml").read_text())
+    dvc = pipeline(repo)
     top_metrics = set(dvc.get("metrics", []))
     for stage, (_, written) in forced_reruns.items():
         declared = set(stage_paths(repo)[stage][1])

@@ -23,7 +23,7 @@ import yaml
 from fmnist.params import read_params
 from fmnist.presets import flatten
 from tools import ROOT, run_tool
-from tools.repo import dvc_json
+from tools.repo import dvc_json, stage_paths
 
 # What `dvc status` says of a file that is merely not here (not pulled, not produced)
 ABSENT = ("deleted", "not in cache")
@@ -82,17 +82,11 @@ def reasons(status: dict, repo: Path = ROOT) -> dict[str, list[str]]:
 
 def downstream(repo: Path) -> dict[str, set[str]]:
     """stage -> the stages that read one of its outputs, directly or not."""
-    stages = yaml.safe_load((repo / "dvc.yaml").read_text())["stages"]
-
-    def paths(st: dict, key: str) -> list[str]:
-        return [next(iter(p)) if isinstance(p, dict) else p for p in st.get(key, [])]
-
-    outs = {n: [p for k in ("outs", "metrics", "plots") for p in paths(st, k)]
-            for n, st in stages.items()}
+    stages = stage_paths(repo)  # stage -> (deps, outs)
     reads = {n: set() for n in stages}
-    for n, st in stages.items():
-        for dep in paths(st, "deps"):
-            for m, produced in outs.items():
+    for n, (deps, _) in stages.items():
+        for dep in deps:
+            for m, (_, produced) in stages.items():
                 if any(dep == o or dep.startswith(o.rstrip("/") + "/") for o in produced):
                     reads[m].add(n)
     closure = {}

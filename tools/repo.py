@@ -98,13 +98,18 @@ def make_repo(dst: str | Path, env: dict[str, str], root: Path = ROOT) -> Path:
     return dst
 
 
+def pipeline(root: Path = ROOT) -> dict[str, Any]:
+    """``root``/dvc.yaml, parsed."""
+    return yaml.safe_load((root / "dvc.yaml").read_text())
+
+
 def stages(root: Path = ROOT) -> dict[str, dict[str, Any]]:
-    return yaml.safe_load((root / "dvc.yaml").read_text())["stages"]
+    return pipeline(root)["stages"]
 
 
 def stage_argv(stage: str, root: Path = ROOT) -> list[str]:
     """A stage's ``cmd`` from dvc.yaml as an argument list, run by this interpreter."""
-    argv = stage_command(yaml.safe_load((root / "dvc.yaml").read_text()), stage)
+    argv = stage_command(pipeline(root), stage)
     if not argv:
         raise KeyError(f"dvc.yaml has no stage {stage!r} with a cmd")
     return [sys.executable, *argv[1:]] if argv[0] == "python" else argv
