@@ -60,8 +60,9 @@ smoke: install
 	pytest -q tests/test_pipeline.py -k full_pipeline_then_nothing_reruns
 
 # Re-train the committed run from scratch in a temporary clone: per stage `identical`
-# (the hashes in dvc.lock), else `equivalent` or `different` (a McNemar test against the
-# committed predictions): `make reproduce` (LeNet), `make reproduce STAGES="train-lenet
+# (the hashes in dvc.lock), else `equivalent`, `inconclusive` or `different` (the paired
+# accuracy difference's 90% interval against a ±0.005 margin, on the committed
+# predictions): `make reproduce` (LeNet), `make reproduce STAGES="train-lenet
 # train-alexnet"`.
 reproduce: install data
 	fmnist reproduce $(if $(STAGES),--stages $(STAGES))

@@ -82,6 +82,24 @@ class Server:
         self.thread.join()
 
 
+def recompressed(src: Path, dst: Path, level: int, mtime: int) -> Path:
+    """``src``'s IDX .gz files re-compressed as another mirror might: another level, the
+    file's name and a modification time in the gzip header (Debian's copy differs so
+    from the official files)."""
+    import gzip
+
+    from fmnist.params import RAW_FILES
+
+    dst.mkdir()
+    for name in RAW_FILES:
+        content = gzip.decompress((src / name).read_bytes())
+        with open(dst / name, "wb") as raw, gzip.GzipFile(
+                filename=name.removesuffix(".gz"), mode="wb", fileobj=raw,
+                compresslevel=level, mtime=mtime) as f:
+            f.write(content)
+    return dst
+
+
 def make_workdir(path: Path, synthetic: tuple[Path, dict[str, str]]) -> Path:
     """Copy the project's params.yaml (made tiny, on synthetic data) and stages to ``path``."""
     src, sha = synthetic

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from fmnist.idx import write_idx
+from fmnist.idx import raw_name, write_idx
 from fmnist.params import RAW_FILES
 
 
@@ -28,10 +28,12 @@ def make_split(n: int, seed: int, noise: float = 60.0) -> tuple[np.ndarray, np.n
 
 
 def write_dataset(out: str | Path, n_train: int = 600, n_test: int = 200,
-                  seed: int = 0) -> dict[str, str]:
-    """Write the four IDX .gz files into ``out``; return name -> SHA-256 for params."""
+                  seed: int = 0, compressed: bool = True) -> dict[str, str]:
+    """Write the four IDX files into ``out``, as a source serves them (.gz) or, with
+    ``compressed=False``, as ``download`` stores them; return source name -> SHA-256
+    for params."""
     out = Path(out)
     train, test = make_split(n_train, seed), make_split(n_test, seed + 1)
     arrays = (train[0], train[1], test[0], test[1])
-    return {name: write_idx(out / name, arr)
+    return {name: write_idx(out / (name if compressed else raw_name(name)), arr)
             for name, arr in zip(RAW_FILES, arrays, strict=True)}

@@ -1,16 +1,21 @@
+import gzip
 import shutil
 
 import pytest
 
 from fmnist.common import UserError
 from fmnist.download import download
+from fmnist.idx import raw_name
 from fmnist.params import RAW_FILES, DownloadParams
-from tests.support import run_stage, set_params
+from tests.support import recompressed, run_stage, set_params
 
 
 def params(sources, sha, **kw) -> DownloadParams:
     return DownloadParams(sources=sources, sha256=sha, timeout=kw.get("timeout", 5),
                           retries=kw.get("retries", 0), backoff=kw.get("backoff", 0))
+
+
+STORED = sorted(raw_name(n) for n in RAW_FILES)
 
 
 def leftovers(out):
@@ -22,9 +27,23 @@ def test_http_source(tmp_path, synthetic, http_server):
     server = http_server(src)
     used = download(params([server.url], sha), tmp_path / "raw")
     assert used == {name: server.url for name in RAW_FILES}
-    for name in RAW_FILES:
-        assert (tmp_path / "raw" / name).read_bytes() == (src / name).read_bytes()
-    assert leftovers(tmp_path / "raw") == sorted(RAW_FILES)
+    for name in RAW_FILES:  # stored decompressed: the bytes that params' SHA-256 pins
+        assert (tmp_path / "raw" / raw_name(name)).read_bytes() == \
+            gzip.decompress((src / name).read_bytes())
+    assert leftovers(tmp_path / "raw") == STORED
+
+
+def test_every_faithful_copy_stores_the_same_bytes(tmp_path, synthetic, http_server):
+    """A directory of one gzip and a mirror of another (level 1, a name and a time in
+    the header) differ in every compressed byte, yet give one stored folder: what DVC
+    hashes for dvc.lock is the content, not how a source compressed it."""
+    src, sha = synthetic
+    mirror = recompressed(src, tmp_path / "mirror", level=1, mtime=1_234_567_890)
+    assert all((mirror / n).read_bytes() != (src / n).read_bytes() for n in RAW_FILES)
+    download(params([str(src)], sha), tmp_path / "a")
+    download(params([http_server(mirror).url], sha), tmp_path / "b")
+    a, b = ({p.name: p.read_bytes() for p in (tmp_path / d).iterdir()} for d in "ab")
+    assert a == b and sorted(a) == STORED
 
 
 def test_local_dir_and_file_url(tmp_path, synthetic):
@@ -76,7 +95,7 @@ def test_corrupted_file_rejected_nothing_left(tmp_path, synthetic, http_server):
     out = tmp_path / "raw"
     with pytest.raises(UserError, match=RAW_FILES[1]):
         download(params([server.url], sha), out)
-    assert RAW_FILES[1] not in leftovers(out)
+    assert raw_name(RAW_FILES[1]) not in leftovers(out)
     assert not [n for n in leftovers(out) if n.endswith(".part")]
 
 
@@ -108,7 +127,7 @@ def test_all_sources_fail_stage_exit(workdir, http_server):
 def test_stage_success(workdir):
     proc = run_stage(workdir, "download")
     assert proc.returncode == 0, proc.stderr
-    assert leftovers(workdir / "data" / "raw") == sorted(RAW_FILES)
+    assert leftovers(workdir / "data" / "raw") == STORED
 
 
 def damaged_copy(src, dst, name, at):
@@ -131,7 +150,8 @@ def test_gzip_damaged_in_the_middle_falls_through_to_the_next_source(
     err = capsys.readouterr().err
     assert f"{name}: {server.url}: " in err
     assert "corrupt gzip stream" in err or "checksum mismatch" in err
-    assert (tmp_path / "raw" / name).read_bytes() == (src / name).read_bytes()
+    assert (tmp_path / "raw" / raw_name(name)).read_bytes() == \
+        gzip.decompress((src / name).read_bytes())
 
 
 def test_only_the_last_file_bad_leaves_nothing(tmp_path, synthetic):

@@ -57,15 +57,16 @@ def test_corrupt_gzip(tmp_path):
 
 
 def _write_split(d, images, labels, prefix="train"):
-    write_idx(d / f"{prefix}-images-idx3-ubyte.gz", images)
-    write_idx(d / f"{prefix}-labels-idx1-ubyte.gz", labels)
+    """As `download` stores a split: decompressed (``idx.raw_paths``)."""
+    write_idx(d / f"{prefix}-images-idx3-ubyte", images)
+    write_idx(d / f"{prefix}-labels-idx1-ubyte", labels)
 
 
 def test_count_mismatch(tmp_path):
     _write_split(tmp_path, np.zeros((5, 28, 28), np.uint8), np.zeros(4, np.uint8))
     with pytest.raises(IdxError, match="4 labels for 5 images") as exc:
         load_raw_split(tmp_path, "train")
-    assert "train-labels-idx1-ubyte.gz" in str(exc.value)
+    assert f"{tmp_path}/train-labels-idx1-ubyte:" in str(exc.value)
 
 
 def test_label_out_of_range(tmp_path):

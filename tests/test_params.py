@@ -305,7 +305,7 @@ def test_check_params_reads_the_split_sizes_from_the_downloaded_data(tmp_path):
     shutil.copy(ROOT / "dvc.yaml", tmp_path / "dvc.yaml")
     val_100 = _check_params(tmp_path, lambda d: d["preprocess"].update(val_size=100))
     assert val_100.returncode == 0, val_100.stderr  # no data yet: 59,900 images
-    write_dataset(tmp_path / "data/raw", n_train=600, n_test=200)
+    write_dataset(tmp_path / "data/raw", n_train=600, n_test=200, compressed=False)
     proc = _check_params(tmp_path, lambda d: d["preprocess"].update(val_size=100))
     assert proc.returncode == 2 and "512 is more than the 500 training images" in proc.stderr
     proc = _check_params(tmp_path, lambda d: d["preprocess"].update(val_size=595))

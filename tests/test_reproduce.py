@@ -1,12 +1,15 @@
 """`make reproduce` on a tiny synthetic project: reproduced, and an explained mismatch."""
 
 import json
+import os
+import signal
 import subprocess
+import time
 
 import pytest
 import yaml
 
-from tests.support import PY
+from tests.support import PY, recompressed, set_params
 from tools import ROOT
 from tools.repo import run
 
@@ -53,6 +56,10 @@ def test_identical_and_equivalent_verdicts(committed_repo, tmp_path):
     assert lenet["bitwise"] is False and lenet["verdict"] == "equivalent", lenet
     assert lenet["agreement"] == 1.0 and lenet["p_value"] == 1.0
     assert lenet["test_accuracy"]["committed"] == lenet["test_accuracy"]["here"]
+    assert lenet["difference"] == 0 and lenet["margin"] == 0.005
+    assert lenet["interval"] == {"confidence": 0.9, "low": 0.0, "high": 0.0}
+    for stage in ("train-alexnet", "evaluate", "package"):  # outside --stages
+        assert got[stage] == {"bitwise": False, "verdict": "not run"}, got[stage]
     assert f"models/lenet: committed {'0' * 32}.dir" in " ".join(lenet["outputs"])
     assert any(line.startswith("torch: committed run '1.0.0', here")
                for line in lenet["environment"]), lenet
@@ -79,42 +86,122 @@ def test_a_model_of_another_recipe_is_different(committed_repo, tmp_path):
         proc.stdout
 
 
-def test_the_verdict_of_two_models_predictions():
-    from fmnist.reproduce import compare_predictions, mcnemar_p
+def flipped(labels, wrong):
+    """Predictions: right but for the images whose indices are in ``wrong``."""
+    return [(y + 1) % 10 if i in wrong else y for i, y in enumerate(labels)]
 
-    labels = [i % 10 for i in range(1000)]
+
+def test_the_equivalence_verdict_is_an_interval_against_the_margin():
+    """Two one-sided tests: the 90% interval of the paired accuracy difference inside
+    ±0.005 is `equivalent`, wholly beyond it `different`, astride it `inconclusive`; a
+    non-significant McNemar test alone proves nothing."""
+    from fmnist.reproduce import compare_predictions, mcnemar_p, paired_interval
+
+    labels = [i % 10 for i in range(10_000)]
     same = compare_predictions(labels, labels, labels)
-    assert (same.agreement, same.p_value, same.verdict) == (1.0, 1.0, "equivalent")
-    # 20 images each right only for one of them: accuracy equal, p = 1
-    a = [(y + 1) % 10 if i < 20 else y for i, y in enumerate(labels)]
-    b = [(y + 1) % 10 if 20 <= i < 40 else y for i, y in enumerate(labels)]
-    swap = compare_predictions(labels, a, b)
-    assert swap.verdict == "equivalent" and swap.only_committed == swap.only_here == 20
-    # 30 images better here and none worse: significant, and 0.03 apart
-    c = [(y + 1) % 10 if i < 30 else y for i, y in enumerate(labels)]
-    better = compare_predictions(labels, c, labels)
-    assert better.verdict == "different" and better.p_value < 1e-8
+    assert (same.agreement, same.p_value, same.interval, same.verdict) == (
+        1.0, 1.0, (0.0, 0.0), "equivalent")
+    # 125 images right only for each: equal accuracy, 250 discordant of 10,000 — the
+    # issue's figure: a half-width of about 0.0026, inside the margin
+    swap = compare_predictions(labels, flipped(labels, range(125)),
+                               flipped(labels, range(125, 250)))
+    low, high = swap.interval
+    assert swap.verdict == "equivalent" and swap.difference == 0
+    assert 0.0022 < -low < 0.003 and 0.0022 < high < 0.003
+    # the same equal accuracies on 1,000 images: McNemar p = 1, yet the interval (about
+    # ±0.008) is too wide to call them equivalent
+    small = labels[:1000]
+    wide = compare_predictions(small, flipped(small, range(25)), flipped(small, range(25, 50)))
+    assert wide.p_value == 1.0 and wide.verdict == "inconclusive", wide
+    # 150 more images right here and none fewer: 0.015 better, wholly beyond the margin
+    better = compare_predictions(labels, flipped(labels, range(150)), labels)
+    assert better.verdict == "different" and better.interval[0] > 0.005
+    worse = compare_predictions(labels, labels, flipped(labels, range(150)))
+    assert worse.verdict == "different" and worse.interval[1] < -0.005
     assert abs(mcnemar_p(0, 30) - 2 * 0.5 ** 30) < 1e-15
-    # 5 images better here and none worse: p 0.0625, 0.005 apart: equivalent; 6: p 0.031
-    five = [(y + 1) % 10 if i < 5 else y for i, y in enumerate(labels)]
-    assert compare_predictions(labels, five, labels).verdict == "equivalent"
-    six = [(y + 1) % 10 if i < 6 else y for i, y in enumerate(labels)]
-    assert compare_predictions(labels, six, labels).verdict == "different"
-    # not significant (p 0.68), but further apart (0.007) than MAX_ACCURACY_GAP
-    f = [(y + 1) % 10 if i < 100 else y for i, y in enumerate(labels)]
-    g = [(y + 1) % 10 if 100 <= i < 207 else y for i, y in enumerate(labels)]
-    wide = compare_predictions(labels, f, g)
-    assert wide.p_value > 0.5 and wide.verdict == "different"
+    # a fixed seed: the same interval every time
+    assert paired_interval(130, 120, 10_000) == paired_interval(130, 120, 10_000)
 
 
-def test_keep_refuses_a_folder_it_did_not_make(tmp_path):
+def test_data_from_a_mirror_that_compressed_otherwise_reproduces_bit_for_bit(
+        committed_repo, synthetic, http_server, tmp_path):
+    """The committed run's data came from a directory; a user without it fetches over
+    HTTP from a mirror that compressed the files otherwise (level, name, time in the
+    header): download and preprocess are still `identical`. The stages the run did not
+    re-run are `not run`, never `identical`, and a stage named twice runs and is
+    reported once."""
+    repo, env, _ = committed_repo
+    src, _ = synthetic
+    server = http_server(recompressed(src, tmp_path / "mirror", level=1, mtime=1_234_567_890))
+    set_params(repo, {"download": {"sources": [str(tmp_path / "no-debian"), server.url]}})
+    run(["git", "commit", "-qam", "data from the mirror"], repo, env)
+    proc = reproduce(repo, tmp_path, "preprocess", "download", "preprocess")
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert proc.stdout.splitlines() == [
+        "download: identical (reproduced bit for bit)",
+        "preprocess: identical (reproduced bit for bit)",
+        "train-lenet: not run", "train-alexnet: not run", "evaluate: not run",
+        "package: not run"]
+    assert proc.stderr.count("Running stage 'preprocess'") == 1
+    assert set(server.hits) == {p.name for p in src.iterdir()}  # fetched over HTTP
+
+
+def test_keep_takes_a_new_or_empty_folder_and_deletes_nothing(tmp_path):
+    """--keep never deletes what it did not create (not even an earlier run's clone)
+    and follows no symbolic link; a bad --stages is refused before any folder is made."""
     mine = tmp_path / "mine"
-    mine.mkdir()
-    (mine / "thesis.tex").write_text("precious")
-    proc = subprocess.run([PY, "-m", "fmnist.cli", "reproduce", "--keep", str(mine)],
-                          cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert proc.returncode == 2 and "holds other files" in proc.stderr
-    assert (mine / "thesis.tex").read_text() == "precious"
+    (mine / "clone").mkdir(parents=True)
+    (mine / "clone" / "thesis.tex").write_text("precious")
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    link = tmp_path / "link"
+    link.symlink_to(elsewhere)
+
+    def keep(path, *stages):
+        return subprocess.run([PY, "-m", "fmnist.cli", "reproduce", "--keep", str(path),
+                               *(("--stages", *stages) if stages else ())],
+                              cwd=ROOT, capture_output=True, text=True, timeout=120)
+
+    for path in (mine, link):
+        proc = keep(path)
+        assert proc.returncode == 2 and "not a new or empty folder" in proc.stderr, proc.stderr
+    assert (mine / "clone" / "thesis.tex").read_text() == "precious"
+    assert list(elsewhere.iterdir()) == []
+    proc = keep(tmp_path / "new", "train-nothing")
+    assert proc.returncode == 2 and "no stage 'train-nothing'" in proc.stderr
+    assert not (tmp_path / "new").exists()
+
+
+def test_sigterm_stops_the_rerun_and_removes_the_temporary_folder(committed_repo, tmp_path):
+    """SIGTERM while the clone trains: `dvc repro` and the training it started end, the
+    temporary folder is gone, and the exit code says it was interrupted."""
+    import psutil
+
+    repo, env, _ = committed_repo
+    set_params(repo, {"train_lenet": {"epochs": 10_000}})  # trains until stopped
+    run(["git", "commit", "-qam", "a long training"], repo, env)
+    tmp = tmp_path / "tmp"
+    tmp.mkdir()
+    log = tmp_path / "log"
+    with open(log, "w") as err:
+        proc = subprocess.Popen([PY, "-m", "fmnist.cli", "reproduce", "--repo", str(repo),
+                                 "--stages", "train-lenet"], cwd=ROOT, stderr=err,
+                                stdout=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)})
+    try:
+        deadline = time.monotonic() + 240
+        while "lenet epoch 1/" not in log.read_text() and proc.poll() is None:
+            assert time.monotonic() < deadline, log.read_text()
+            time.sleep(0.5)
+        assert proc.poll() is None, log.read_text()
+        proc.send_signal(signal.SIGTERM)
+        assert proc.wait(60) == 130, log.read_text()
+    finally:
+        proc.kill()
+    assert list(tmp.glob("fmnist-reproduce-*")) == []  # (torch may keep caches there)
+    time.sleep(1)
+    left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
+            if str(tmp) in " ".join(p.info["cmdline"] or [])]
+    assert left == [], left
 
 
 def test_a_mismatch_names_the_packages_installed_unlike_the_lock(tmp_path):

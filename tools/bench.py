@@ -12,7 +12,6 @@ numbers move with the machine's load.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import os
 import shutil
@@ -172,10 +171,9 @@ def baseline_steps(name: str, params: TrainParams, raw: Path, scratch: Path,
 
     folder = scratch / "FashionMNIST" / "raw"
     folder.mkdir(parents=True, exist_ok=True)
-    for gz in raw.glob("*.gz"):
-        target = folder / gz.name.removesuffix(".gz")
-        if not target.exists():
-            target.write_bytes(gzip.decompress(gz.read_bytes()))
+    for path in raw.iterdir():  # download stores the IDX files as torchvision reads them
+        if not (folder / path.name).exists():
+            (folder / path.name).symlink_to(path.resolve())
     dataset = datasets.FashionMNIST(str(scratch), train=True, download=False,
                                     transform=transforms.Compose([
                                         transforms.ToTensor(),

@@ -12,12 +12,10 @@ Each subcommand has --help. Errors a user can cause are one line and exit code 2
 from __future__ import annotations
 
 import argparse
-import shutil
 import sys
-import tempfile
 from pathlib import Path
 
-from fmnist.common import CommandParser, ParamsError, UserError, run_command
+from fmnist.common import CommandParser, ParamsError, run_command
 from fmnist.views import VIEWS
 
 
@@ -25,20 +23,8 @@ def _reproduce(args: argparse.Namespace) -> int:
     from fmnist.models import MODELS
     from fmnist.reproduce import reproduce
 
-    args.stages = args.stages or [next(iter(MODELS.values())).stage]
-    if args.keep:
-        keep = args.keep.resolve()
-        # only a folder of an earlier --keep is cleared (it holds the clone and home)
-        if keep.exists() and any(keep.iterdir()) and \
-                {p.name for p in keep.iterdir()} - {"clone", "home"}:
-            raise UserError(f"--keep {args.keep}: the folder holds other files; give a new "
-                            "or empty folder (or one an earlier --keep made)")
-        for sub in ("clone", "home"):
-            shutil.rmtree(keep / sub, ignore_errors=True)
-        keep.mkdir(parents=True, exist_ok=True)
-        return reproduce(args.repo.resolve(), args.stages, keep, args.json)
-    with tempfile.TemporaryDirectory(prefix="fmnist-reproduce-") as tmp:
-        return reproduce(args.repo.resolve(), args.stages, Path(tmp), args.json)
+    stages = args.stages or [next(iter(MODELS.values())).stage]
+    return reproduce(args.repo.resolve(), stages, args.keep, args.json)
 
 
 def _presets(args: argparse.Namespace) -> int:
@@ -128,16 +114,22 @@ def parser() -> argparse.ArgumentParser:
                        description="Clone HEAD, run the stages from nothing with `dvc repro`, "
                        "compare their outputs' hashes with the committed dvc.lock; where a "
                        "model's bits differ, test it against the committed predictions. "
-                       "Verdict per stage: identical, equivalent or different. Exit code 0 "
-                       "when none is different, 1 when one is, 2 on an error.")
+                       "Verdict per stage: identical, equivalent (the 90% interval of the "
+                       "paired accuracy difference within ±0.005), inconclusive, different; "
+                       "not run for a stage this run did not re-run. Exit code 0 when every "
+                       "stage that ran is identical or equivalent, 1 otherwise, 2 on an "
+                       "error. Ctrl-C or SIGTERM stops the re-run and removes the "
+                       "temporary folder.")
     p.add_argument("--stages", nargs="+",
                    help="the stages to re-run (download and preprocess run before them); "
                    "default: the first model's")
     p.add_argument("--repo", type=Path, default=Path("."), help="the project (default: .)")
-    p.add_argument("--keep", type=Path, help="work in this folder and keep it")
+    p.add_argument("--keep", type=Path, help="work in this folder (new or empty) and "
+                   "keep it")
     p.add_argument("--json", action="store_true", help="one JSON object on stdout: per "
-                   "stage bitwise and verdict; for training stages test_accuracy "
-                   "{committed, here}, agreement and p_value")
+                   "stage bitwise and verdict; for a model whose bits differ test_accuracy "
+                   "{committed, here}, difference, interval {confidence, low, high}, "
+                   "margin, agreement and p_value")
     p.set_defaults(run=_reproduce)
     p = sub.add_parser("presets", help="print a preset (presets/NAME.yaml) as "
                        "`dvc exp run` --set-param arguments",

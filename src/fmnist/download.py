@@ -7,6 +7,12 @@ truncated copies do not). Every byte is streamed: read, decompressed and hashed 
 chunks, with a cap on what is read, so a damaged or endless source costs a bounded
 amount of memory and time and falls through to the next source. The output folder is
 built aside and put in place only when all four files verify.
+
+What is stored is the decompressed IDX file (``idx.raw_name``: the name less ``.gz``),
+the very bytes that ``download.sha256`` pins: the official mirror, Debian's
+re-compressed copy and any other faithful source give one folder and so one hash in
+dvc.lock. A gzip written here would not do: its bytes depend on the zlib build (zlib,
+zlib-ng) as well as on the level, so the hash would again depend on the machine.
 """
 
 from __future__ import annotations
@@ -15,7 +21,7 @@ import hashlib
 import os
 import sys
 import zlib
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from urllib.parse import unquote, urljoin, urlparse
 
@@ -26,7 +32,7 @@ from urllib3.util.retry import Retry
 
 from fmnist.common import UserError
 from fmnist.files import atomic_dir
-from fmnist.idx import GZIP_MAGIC
+from fmnist.idx import GZIP_MAGIC, raw_name
 from fmnist.params import RAW_FILES, DownloadParams
 
 CHUNK = 1 << 16
@@ -104,9 +110,11 @@ def source_chunks(source: str, name: str, session: requests.Session,
 
 class ContentHash:
     """SHA-256 of a file's content, decompressing gzip (by magic) as the bytes arrive,
-    and refusing more than ``MAX_BYTES`` either side of the decompression."""
+    and refusing more than ``MAX_BYTES`` either side of the decompression; each piece of
+    content goes on to ``sink`` (the stored file)."""
 
-    def __init__(self) -> None:
+    def __init__(self, sink: Callable[[bytes], object]) -> None:
+        self.sink = sink
         self.sha = hashlib.sha256()
         self.raw = self.out = 0
         self.gzip: bool | None = None
@@ -138,6 +146,7 @@ class ContentHash:
         if self.out > MAX_BYTES:
             raise SourceError(f"decompresses to more than {MAX_BYTES:,} bytes")
         self.sha.update(data)
+        self.sink(data)
 
     def hexdigest(self) -> str:
         if self.gzip and not self.inflate.eof:
@@ -147,12 +156,12 @@ class ContentHash:
 
 def fetch_verified(source: str, name: str, dest: Path, session: requests.Session,
                    params: DownloadParams) -> None:
-    """Copy ``name`` from ``source`` to ``dest`` and verify it; SourceError otherwise."""
-    content = ContentHash()
+    """Store ``name``'s content (decompressed) from ``source`` as ``dest`` and verify it;
+    SourceError otherwise."""
     with open(dest, "wb") as f:
+        content = ContentHash(f.write)
         for chunk in source_chunks(source, name, session, params.timeout):
             content.update(chunk)
-            f.write(chunk)
     if content.raw == 0:
         raise SourceError("empty file")
     digest, expected = content.hexdigest(), params.sha256[name]
@@ -162,18 +171,19 @@ def fetch_verified(source: str, name: str, dest: Path, session: requests.Session
 
 
 def download(params: DownloadParams, out_dir: str | os.PathLike[str]) -> dict[str, str]:
-    """Fetch every raw file into ``out_dir`` (all four, or none); return file name ->
-    the source it came from."""
+    """Fetch every raw file into ``out_dir`` (all four, decompressed, or none); return
+    file name (as the sources name it) -> the source it came from."""
     session = http_session(params.retries, params.backoff)
     used: dict[str, str] = {}
     with atomic_dir(out_dir) as tmp:
         for name in RAW_FILES:
             failures = []
             for source in params.sources:
+                dest = tmp / raw_name(name)
                 try:
-                    fetch_verified(source, name, tmp / name, session, params)
+                    fetch_verified(source, name, dest, session, params)
                 except SourceError as reason:
-                    (tmp / name).unlink(missing_ok=True)
+                    dest.unlink(missing_ok=True)
                     failures.append(f"{source}: {reason}")
                     print(f"{name}: {source}: {reason}; trying the next source",
                           file=sys.stderr)

@@ -113,10 +113,17 @@ def write_idx(path: str | Path, array: np.ndarray) -> str:
     return hashlib.sha256(content).hexdigest()
 
 
+def raw_name(source_name: str) -> str:
+    """The name ``download`` stores a source's file under: its content decompressed,
+    so the name less ``.gz`` (``train-images-idx3-ubyte``, as the IDX format names it)."""
+    return source_name.removesuffix(".gz")
+
+
 def raw_paths(raw_dir: Path, prefix: str) -> tuple[Path, Path]:
     """The images and labels files of one split ('train' or 't10k') in ``raw_dir``, as
-    ``download`` names them (``params.RAW_FILES``)."""
-    images, labels = (raw_dir / name for name in RAW_FILES if name.startswith(f"{prefix}-"))
+    ``download`` stores them (``params.RAW_FILES``, decompressed)."""
+    images, labels = (raw_dir / raw_name(name) for name in RAW_FILES
+                      if name.startswith(f"{prefix}-"))
     return images, labels
 
 

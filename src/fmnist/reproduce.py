@@ -4,28 +4,40 @@ say whether it is the committed result: the same bits, or the same science.
     fmnist reproduce                                   # the LeNet
     fmnist reproduce --stages train-lenet train-alexnet [--json]
 
-Clones the repository's HEAD into a temporary folder, runs the chosen training stages
-there with `dvc repro` (and `download` and `preprocess` before them), from nothing, and
-compares every output's hash with the committed dvc.lock. Where a training stage's bits
-differ (a GPU, another CPU tier, `native` numerics, another torch), the re-trained model
-is tested on the test split against the committed run's per-image predictions (the
-confusion CSV that `evaluate` committed): test accuracy committed and here, how often the
-two agree, and an exact McNemar test on the images that exactly one of them gets right.
+Clones the repository's HEAD into a temporary folder (or ``--keep DIR``, a new or empty
+folder that is kept), runs the chosen stages there with `dvc repro` from nothing (with
+the stages upstream of them: `download` and `preprocess` for a training), and compares
+every output's hash with the committed dvc.lock. Where a training stage's bits differ (a
+GPU, another CPU tier, `native` numerics, another torch), the re-trained model is tested
+on the test split against the committed run's per-image predictions (the confusion CSV
+that `evaluate` committed): the paired difference of test accuracy (here minus
+committed) with its 90% confidence interval, from a bootstrap over the test images with
+a fixed seed, against a margin of ±0.005 (two one-sided tests at 5% each):
 
-Verdict per stage: ``identical`` (bits equal), ``equivalent`` (p >= 0.05 and the test
-accuracies within 0.005) or ``different``; exit code 0 when every stage is identical or
-equivalent, 1 when one is different, 2 on an error. A stage that is not identical also
-gets what differs: the outputs, and the environment its timings recorded (torch, CPU,
-ISA flags, threads, numerics) against the one here.
+- ``identical``: the bits are equal;
+- ``equivalent``: the interval lies inside the margin;
+- ``different``: the interval lies wholly beyond it (or, for data, the bits differ);
+- ``inconclusive``: the interval straddles the margin: too few test images to say;
+- ``not run``: a stage of the committed dvc.lock that this run did not re-run.
+
+McNemar's exact p (do the two differ at all?) is given beside it. Exit code 0 when every
+stage that ran is identical or equivalent, 1 otherwise, 2 on an error. A stage that is
+not identical also gets what differs: the outputs, and the environment its timings
+recorded (torch, CPU, ISA flags, threads, numerics) against the one here. Ctrl-C or
+SIGTERM stops `dvc repro` and everything it started, and removes the temporary folder.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 import sys
+import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
@@ -37,11 +49,15 @@ from fmnist.runtime import NATIVE_BF16_FLAGS
 from fmnist.stack import LOCK_FILE, differences
 
 UPSTREAM = ("download", "preprocess")
-# The verdict's thresholds: a McNemar p-value at or above ALPHA and test accuracies
-# within MAX_ACCURACY_GAP of each other make two models the same result
-ALPHA = 0.05
-MAX_ACCURACY_GAP = 0.005
-VERDICTS = ("identical", "equivalent", "different")
+# The equivalence test: the CONFIDENCE interval of the paired accuracy difference inside
+# ±MARGIN (two one-sided tests at (1 - CONFIDENCE) / 2 each), from BOOTSTRAP resamples of
+# the test images drawn with a fixed SEED, so that a verdict is the same every time
+MARGIN = 0.005
+CONFIDENCE = 0.90
+BOOTSTRAP = 10_000
+SEED = 0
+VERDICTS = ("identical", "equivalent", "inconclusive", "different", "not run")
+PASSING = ("identical", "equivalent")
 
 
 def outs(lock: dict[str, Any], stage: str) -> dict[str, str]:
@@ -87,6 +103,24 @@ def mcnemar_p(only_committed: int, only_here: int) -> float:
     return 1.0 if n == 0 else float(binomtest(only_committed, n, 0.5).pvalue)
 
 
+def paired_interval(only_committed: int, only_here: int, n: int) -> tuple[float, float]:
+    """The CONFIDENCE interval of (accuracy here - accuracy committed) on ``n`` paired
+    images: a percentile bootstrap over the images. Resampling images with replacement
+    draws how many fall in each class of pair (right only for the committed model, only
+    here, or alike) from a multinomial, so the counts alone give it, exactly as
+    resampling the 10,000 images would."""
+    import numpy as np
+
+    if only_committed + only_here == 0:
+        return 0.0, 0.0
+    p = [only_committed / n, only_here / n, 1 - (only_committed + only_here) / n]
+    counts = np.random.default_rng(SEED).multinomial(n, p, size=BOOTSTRAP)
+    diffs = (counts[:, 1] - counts[:, 0]) / n
+    tail = (1 - CONFIDENCE) / 2
+    low, high = np.quantile(diffs, [tail, 1 - tail])
+    return float(low), float(high)
+
+
 @dataclass(frozen=True)
 class Comparison:
     """A re-trained model against the committed run, on the same test images."""
@@ -96,13 +130,21 @@ class Comparison:
     agreement: float   # fraction of images given the same class
     only_committed: int  # images only the committed model gets right
     only_here: int
-    p_value: float
+    p_value: float     # McNemar's: do they differ at all?
+    interval: tuple[float, float]  # of here - committed
+
+    @property
+    def difference(self) -> float:
+        return self.here - self.committed
 
     @property
     def verdict(self) -> str:
-        gap = round(abs(self.here - self.committed), 12)  # 0.995 - 1 is not quite 0.005
-        same = self.p_value >= ALPHA and gap <= MAX_ACCURACY_GAP
-        return "equivalent" if same else "different"
+        low, high = (round(x, 12) for x in self.interval)  # 0.995 - 1 is not quite 0.005
+        if -MARGIN < low and high < MARGIN:
+            return "equivalent"
+        if low > MARGIN or high < -MARGIN:
+            return "different"
+        return "inconclusive"
 
 
 def compare_predictions(labels: list[int], committed: list[int], here: list[int]) -> Comparison:
@@ -116,7 +158,8 @@ def compare_predictions(labels: list[int], committed: list[int], here: list[int]
     n = len(labels)
     return Comparison(sum(right_c) / n, sum(right_h) / n,
                       sum(c == h for c, h in zip(committed, here, strict=True)) / n,
-                      only_c, only_h, mcnemar_p(only_c, only_h))
+                      only_c, only_h, mcnemar_p(only_c, only_h),
+                      paired_interval(only_c, only_h, n))
 
 
 def read_confusion(text: str, where: str) -> tuple[list[int], list[int]]:
@@ -135,10 +178,10 @@ def read_confusion(text: str, where: str) -> tuple[list[int], list[int]]:
                         f"({type(exc).__name__}: {exc}); `dvc repro evaluate` writes it") from None
 
 
-def predictions_here(clone: Path, pipeline: dict[str, Any], stage: str,
-                     model: str) -> tuple[list[int], list[int]]:
-    """The clone's re-trained model on the clone's test split, in the view and numerics
-    that evaluate uses (its params): (labels, predicted classes)."""
+def predict_classes(model_dir: Path, prepared: Path, params_file: Path,
+                    model: str) -> tuple[list[int], list[int]]:
+    """A trained model on the test split, in the view and numerics that evaluate uses
+    (``params_file``'s evaluate section): (labels, predicted classes)."""
     import torch
 
     from fmnist.checkpoint import load_checkpoint
@@ -147,18 +190,24 @@ def predictions_here(clone: Path, pipeline: dict[str, Any], stage: str,
     from fmnist.params import EvaluateParams, load_section
     from fmnist.runtime import pin_numerics, resolve_device
 
-    params = load_section("evaluate", EvaluateParams, clone / "params.yaml")
+    params = load_section("evaluate", EvaluateParams, params_file)
     device = resolve_device(params.device)
     pin_numerics(params.numerics, params.threads, device)
+    net, meta = load_checkpoint(model_dir, model)
+    test = load_split(prepared, "test")
+    logits = predict_views(net.to(device), test, input_stats(meta), params.batch_size,
+                           device)[params.tta]
+    return test.labels.tolist(), torch.argmax(logits, 1).tolist()
+
+
+def predictions_here(clone: Path, pipeline: dict[str, Any], stage: str,
+                     model: str) -> tuple[list[int], list[int]]:
+    """The clone's re-trained model on the clone's test split: (labels, classes)."""
     out = cmd_option(pipeline, stage, "--out")
     prepared = cmd_option(pipeline, stage, "--prepared")
     if not out or not prepared:
         raise UserError(f"dvc.yaml: the {stage} command names no --out or --prepared")
-    net, meta = load_checkpoint(clone / out[0], model)
-    test = load_split(clone / prepared[0], "test")
-    logits = predict_views(net.to(device), test, input_stats(meta), params.batch_size,
-                           device)[params.tta]
-    return test.labels.tolist(), torch.argmax(logits, 1).tolist()
+    return predict_classes(clone / out[0], clone / prepared[0], clone / "params.yaml", model)
 
 
 def statistical(repo: Path, clone: Path, pipeline: dict[str, Any], stage: str) -> Comparison:
@@ -196,14 +245,56 @@ def clone_env(clone: Path, home: Path) -> dict[str, str]:
                                                         os.environ.get("PYTHONPATH")]))}
 
 
+def stop_group(proc: subprocess.Popen) -> None:
+    """End ``proc`` and everything it started (its own process group): SIGTERM, then
+    SIGKILL for whatever is left after a grace period."""
+    for sig, grace in ((signal.SIGTERM, 10), (signal.SIGKILL, 5)):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            return
+        try:
+            proc.wait(grace)
+        except subprocess.TimeoutExpired:
+            continue
+        if sig == signal.SIGTERM:  # the leader is gone; its children get the same end
+            try:
+                os.killpg(proc.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+            return
+
+
 def run_in(cmd: list[str], cwd: Path, env: dict[str, str], what: str,
            stdout: TextIO | None = None) -> None:
+    """Run ``cmd`` in a process group of its own, so that an interrupt of this command
+    (Ctrl-C, SIGTERM: see ``interruptible``) ends it and all it started."""
     try:
-        proc = subprocess.run(cmd, cwd=cwd, env=env, text=True, stdout=stdout)
+        proc = subprocess.Popen(cmd, cwd=cwd, env=env, text=True, stdout=stdout,
+                                start_new_session=True)
     except FileNotFoundError:
         raise UserError(f"{cmd[0]} not found: run `make install` first") from None
-    if proc.returncode != 0:
+    try:
+        code = proc.wait()
+    except BaseException:
+        stop_group(proc)
+        raise
+    if code != 0:
         raise UserError(f"`{' '.join(cmd)}` failed {what}")
+
+
+@contextmanager
+def interruptible() -> Iterator[None]:
+    """SIGTERM as Ctrl-C: the work in progress is stopped and the temporary folder
+    removed on the way out (exit 130, as run_command ends an interrupt)."""
+    def interrupt(signum: int, frame: object) -> None:
+        raise KeyboardInterrupt
+
+    before = signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, before)
 
 
 def explain(clone: Path, stage: str, timings: str | None,
@@ -251,26 +342,36 @@ class StageResult:
         if self.comparison is not None:
             c = self.comparison
             out.update({"test_accuracy": {"committed": c.committed, "here": c.here},
-                        "agreement": c.agreement, "p_value": c.p_value,
+                        "difference": c.difference,
+                        "interval": {"confidence": CONFIDENCE, "low": c.interval[0],
+                                     "high": c.interval[1]},
+                        "margin": MARGIN, "agreement": c.agreement, "p_value": c.p_value,
                         "only_committed_right": c.only_committed,
                         "only_here_right": c.only_here})
-        if not self.bitwise:
+        if not self.bitwise and self.verdict != "not run":
             out.update({"outputs": self.differs, "environment": self.why})
         return out
 
     def headline(self) -> str:
+        if self.verdict == "not run":
+            return f"{self.stage}: not run"
         if self.bitwise:
             return f"{self.stage}: identical (reproduced bit for bit)"
         c = self.comparison
         if c is None:
             return f"{self.stage}: different (NOT reproduced: its outputs differ)"
+        low, high = c.interval
         return (f"{self.stage}: {self.verdict} (not bit-identical; test accuracy "
-                f"{c.committed:.4f} committed, {c.here:.4f} here; same class for "
-                f"{c.agreement:.2%} of images; McNemar p = {c.p_value:.3g})")
+                f"{c.committed:.4f} committed, {c.here:.4f} here; difference "
+                f"{c.difference:+.4f}, {CONFIDENCE:.0%} interval [{low:+.4f}, {high:+.4f}] "
+                f"against a margin of ±{MARGIN}; same class for {c.agreement:.2%} of "
+                f"images; McNemar p = {c.p_value:.3g})")
 
 
 def check_stage(repo: Path, clone: Path, pipeline: dict[str, Any], lock: dict[str, Any],
                 new: dict[str, Any], stage: str) -> StageResult:
+    if stage not in new["stages"]:
+        return StageResult(stage, False, "not run", [], [])
     want, got = outs(lock, stage), outs(new, stage)
     if want and want == got:
         return StageResult(stage, True, "identical", [], [])
@@ -284,9 +385,7 @@ def check_stage(repo: Path, clone: Path, pipeline: dict[str, Any], lock: dict[st
     return StageResult(stage, False, comparison.verdict, differs, why, comparison)
 
 
-def reproduce(repo: Path, stages: list[str], workdir: Path, as_json: bool = False) -> int:
-    """Re-run ``stages`` in a clone of ``repo``'s HEAD under ``workdir``; print the
-    verdicts (one JSON object with ``as_json``); return the exit code."""
+def committed_lock(repo: Path) -> dict[str, Any]:
     lock_text = committed(repo, "dvc.lock")
     if lock_text is None:
         raise UserError(f"no committed dvc.lock in {repo}'s HEAD: nothing to reproduce")
@@ -297,31 +396,66 @@ def reproduce(repo: Path, stages: list[str], workdir: Path, as_json: bool = Fals
     if not isinstance(lock, dict) or not isinstance(lock.get("stages"), dict):
         raise UserError(f"the committed dvc.lock in {repo}'s HEAD is not DVC's lock file "
                         "(no mapping of stages): `dvc repro` and commit it again")
+    return lock
+
+
+@contextmanager
+def work_folder(keep: Path | None) -> Iterator[Path]:
+    """A temporary folder, removed on the way out; or ``keep``, which must be new or an
+    empty folder (never a symbolic link): it is created here and nothing in it is ever
+    deleted, so a wrong path costs nothing."""
+    if keep is None:
+        with tempfile.TemporaryDirectory(prefix="fmnist-reproduce-") as tmp:
+            yield Path(tmp)
+        return
+    if keep.is_symlink() or (keep.exists() and (not keep.is_dir() or any(keep.iterdir()))):
+        raise UserError(f"--keep {keep}: not a new or empty folder; give one, and this "
+                        "run's clone stays there")
+    keep.mkdir(parents=True, exist_ok=True)
+    yield keep.resolve()
+
+
+def reproduce(repo: Path, stages: list[str], keep: Path | None = None,
+              as_json: bool = False) -> int:
+    """Re-run ``stages`` (each once) in a clone of ``repo``'s HEAD, in a temporary folder
+    or ``keep``; print the verdicts (one JSON object with ``as_json``); return the exit
+    code."""
+    lock = committed_lock(repo)
+    stages = list(dict.fromkeys(stages))
     unknown = [s for s in stages if s not in lock["stages"]]
     if unknown:
         raise UserError(f"no stage {unknown[0]!r} in the committed dvc.lock (there: "
                         f"{', '.join(lock['stages'])})")
     log = sys.stderr  # stdout holds the verdicts alone: one line per stage first, or JSON
-    clone = workdir / "clone"
-    env = clone_env(clone, workdir / "home")
-    run_in(["git", "clone", "-q", str(repo), str(clone)], workdir, env, f"for {repo}")
-    print(f"re-running {', '.join(stages)} from scratch in {clone} ...", file=log, flush=True)
-    t0 = time.perf_counter()
-    run_in(["dvc", "repro", "--no-run-cache", *stages], clone, env, f"in the clone {clone}",
-           stdout=log)
-    print(f"done in {time.perf_counter() - t0:.0f} s", file=log, flush=True)
-    new = yaml.safe_load((clone / "dvc.lock").read_text())
-    pipeline = yaml.safe_load((clone / "dvc.yaml").read_text())
-    results = [check_stage(repo, clone, pipeline, lock, new, stage)
-               for stage in [*UPSTREAM, *stages]]
+    with interruptible(), work_folder(keep) as workdir:
+        clone = workdir / "clone"
+        env = clone_env(clone, workdir / "home")
+        run_in(["git", "clone", "-q", str(repo), str(clone)], workdir, env, f"for {repo}")
+        # without the committed lock in the clone, the lock dvc writes holds exactly
+        # the stages this run re-ran
+        (clone / "dvc.lock").unlink()
+        print(f"re-running {', '.join(stages)} from scratch in {clone} ...", file=log,
+              flush=True)
+        t0 = time.perf_counter()
+        run_in(["dvc", "repro", "--no-run-cache", *stages], clone, env,
+               f"in the clone {clone}", stdout=log)
+        print(f"done in {time.perf_counter() - t0:.0f} s", file=log, flush=True)
+        new = yaml.safe_load((clone / "dvc.lock").read_text())
+        pipeline = yaml.safe_load((clone / "dvc.yaml").read_text())
+        results = [check_stage(repo, clone, pipeline, lock, new, stage)
+                   for stage in lock["stages"]]
+    report(results, as_json)
+    return 0 if all(r.verdict in (*PASSING, "not run") for r in results) else 1
+
+
+def report(results: list[StageResult], as_json: bool) -> None:
     if as_json:
         print(json.dumps({r.stage: r.as_dict() for r in results}, indent=1))
-    else:
-        for r in results:
-            print(r.headline())
-        for r in results:
-            if not r.bitwise:
-                print(f"{r.stage}: what differs from the committed run")
-                for line in [*r.differs, *r.why]:
-                    print(f"  {line}")
-    return 1 if any(r.verdict == "different" for r in results) else 0
+        return
+    for r in results:
+        print(r.headline())
+    for r in results:
+        if not r.bitwise and r.verdict != "not run":
+            print(f"{r.stage}: what differs from the committed run")
+            for line in [*r.differs, *r.why]:
+                print(f"  {line}")
