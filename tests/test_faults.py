@@ -573,3 +573,62 @@ def test_a_long_path_in_an_error_is_cut_in_the_middle():
                           capture_output=True, text=True, timeout=60)
     assert proc.returncode == 2 and len(proc.stderr) < 1100, len(proc.stderr)
     assert "..." in proc.stderr and proc.stderr.count("\n") == 1
+
+
+# ------------------------------------------------- round five: DVC's files, bounded reads
+
+BOMB = "a: &a [x, x, x, x, x, x, x, x, x, x]\n" + "".join(
+    f"{c}: &{c} [{', '.join(['*' + p] * 10)}]\n"
+    for p, c in zip("abcdefgh", "bcdefghi", strict=True)) + "stages: {}\n"
+DEEP = "stages: " + "[" * 20_000 + "]" * 20_000 + "\n"
+
+
+@pytest.mark.parametrize("text,says", [(BOMB, "aliases expand"), (DEEP, "nested more than"),
+                                       ("stages: {a: [\n", "not valid YAML")])
+def test_a_hostile_dvc_file_is_refused_before_any_parser_expands_it(text, says):
+    """An alias bomb (10^9 nodes once expanded), 20,000 levels of nesting, broken YAML:
+    one UserError naming the file, in a single pass over the events."""
+    from fmnist.dvcfiles import check_yaml
+
+    with pytest.raises(UserError, match=says) as exc:
+        check_yaml(text, "dvc.lock")
+    assert str(exc.value).startswith("dvc.lock: ")
+
+
+def test_the_projects_own_dvc_files_pass_the_bound():
+    """dvc.yaml uses anchors (&train_deps): bounded is not alias-free."""
+    from fmnist.dvcfiles import check_files, load_yaml
+
+    check_files(ROOT)
+    assert "train-alexnet" in load_yaml((ROOT / "dvc.yaml").read_text(), "dvc.yaml")["stages"]
+
+
+@pytest.mark.parametrize("case", ["alias_bomb", "nested_20000", "outs_not_a_list"])
+def test_a_hostile_committed_dvc_lock_is_one_line_for_reproduce_and_check_lock(
+        tmp_path, case):
+    """Case 9 of round five: a committed dvc.lock that hung `fmnist reproduce` and
+    `tools.check_lock` inside DVC's reader (or ended in a RecursionError traceback),
+    and one whose outs are not a list: each ends in one line, exit 2, at once."""
+    from tools.repo import repo_env, run
+
+    env = repo_env(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    repo = tmp_path / "repo"
+    repo.mkdir()
+    (repo / "dvc.yaml").write_text((ROOT / "dvc.yaml").read_text())
+    (repo / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    lock = {"alias_bomb": BOMB, "nested_20000": DEEP,
+            "outs_not_a_list": "schema: '2.0'\nstages:\n  train-lenet:\n    outs: 7\n"}[case]
+    (repo / "dvc.lock").write_text(lock)
+    run(["git", "init", "-q"], repo, env)
+    run(["git", "add", "."], repo, env)
+    run(["git", "commit", "-qm", "hostile"], repo, env)
+    if case != "outs_not_a_list":  # (check_lock leaves the shape to DVC's own schema)
+        proc = subprocess.run([PY, "-m", "tools.check_lock", "--repo", str(repo)], cwd=ROOT,
+                              capture_output=True, text=True, timeout=60)
+        assert_one_line_error(proc, "dvc.lock")
+    proc = subprocess.run([PY, "-m", "fmnist.cli", "reproduce", "--repo", str(repo),
+                           "--keep", str(tmp_path / "work")], cwd=ROOT,
+                          capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, "dvc.lock")
+    assert not (tmp_path / "work").exists()

@@ -3,6 +3,7 @@ the committed hashes on whichever vendor's host it lands."""
 
 from __future__ import annotations
 
+import functools
 import json
 import subprocess
 import sys
@@ -10,8 +11,8 @@ import sys
 import pytest
 
 from fmnist import numerics
-from tools import ROOT
-from tools.fingerprint import FINGERPRINT_FILE, compare, tiers_here
+from tools import ROOT, fingerprint
+from tools.fingerprint import FINGERPRINT_FILE, compare, host, inputs, measure, merge, tiers_here
 
 TIER1 = numerics.TIERS[0]
 ZEN4 = {"avx2", "fma", "avx512f", "avx512bw", "avx512vl", "avx512dq", "avx512_vnni",
@@ -80,15 +81,81 @@ def test_a_changed_hash_names_the_tier_model_precision_and_layer():
     assert compare("t1", want, want) == []
 
 
+def test_write_keeps_each_mode_under_its_own_key(tmp_path, monkeypatch, capsys):
+    """``--write --numerics native`` adds this CPU's native entry and leaves every
+    portable tier alone; a portable write replaces this host's tiers only."""
+    file = tmp_path / "fingerprint.json"
+    old = {"t1": {"lenet/none": {"w": "old1"}}, "t2": {"lenet/none": {"w": "old2"}}}
+    file.write_text(json.dumps({"portable": old}))
+    monkeypatch.setattr(fingerprint, "keys_here",
+                        lambda numerics: ["t1"] if numerics == "portable" else ["cpu"])
+    monkeypatch.setattr(fingerprint, "measure", lambda key, numerics="portable":
+                        {"lenet/none": {"w": f"{numerics} {key}"}})
+
+    def run(*args: str) -> int:
+        monkeypatch.setattr(sys, "argv", ["fingerprint", *args, "--file", str(file)])
+        return fingerprint.main()
+
+    assert run("--write", "--numerics", "native") == 0
+    native = {"cpu": {"lenet/none": {"w": "native cpu"}}}
+    assert json.loads(file.read_text()) == {"portable": old, "native": native}
+    assert run("--write") == 0
+    assert json.loads(file.read_text()) == {
+        "portable": {"t1": {"lenet/none": {"w": "portable t1"}}, "t2": old["t2"]},
+        "native": native}
+    assert run("--check") == 0 and run("--check", "--numerics", "native") == 0
+    assert merge({"native": native}, "portable", {}) == {"native": native, "portable": {}}
+    capsys.readouterr()
+
+
+def test_fingerprint_inputs_have_the_spread_of_normalized_images():
+    """The pixel statistics are in the units the input transform expects ([0, 1]): in
+    0-255 units every input would sit near one value, and the kernels would see none of
+    the spread that real images give them."""
+    from fmnist.data import to_input
+
+    train, test, stats = inputs()
+    assert 0 < stats.mean < 1 and 0 < stats.std < 1
+    for split in (train, test):
+        pixels = split.images.float()
+        assert 0.3 < (pixels == 0).float().mean() < 0.7 and pixels.max() >= 250
+        assert len(set(split.labels.tolist())) == 10
+    x = to_input(train.images, stats)
+    assert abs(float(x.mean())) < 1e-3 and abs(float(x.std()) - 1) < 1e-3
+    assert float(x.max() - x.min()) > 2.5
+
+
+@pytest.fixture(scope="module")
+def portable_here():
+    """A tier's portable hashes on this host (one process per tier), measured once for
+    the module's tests."""
+    return functools.cache(measure)
+
+
 @pytest.mark.e2e
 @pytest.mark.skipif(not tiers_here(), reason="this CPU is in no portable tier")
-def test_numerics_fingerprint_matches_the_committed_hashes():
+def test_numerics_fingerprint_matches_the_committed_hashes(portable_here):
     """Both models, a few steps, fp32 and bf16 (where the tier has it), every tier this
     host can run: the per-layer hashes committed in tests/numerics_fingerprint.json.
     A failure here means a kernel sums differently on this CPU than on the ones the
     hashes were made on; the lines name the layer."""
-    committed = json.loads(FINGERPRINT_FILE.read_text())
+    committed = json.loads(FINGERPRINT_FILE.read_text())["portable"]
     assert set(tiers_here()) <= set(committed), "no committed hashes for this tier"
-    done = subprocess.run([sys.executable, "-m", "tools.fingerprint", "--check"], cwd=ROOT,
-                          capture_output=True, text=True)
-    assert done.returncode == 0, done.stdout + done.stderr
+    problems = [line for tier in tiers_here()
+                for line in compare(tier, committed[tier], portable_here(tier))]
+    assert not problems, "\n".join(problems)
+
+
+@pytest.mark.e2e
+@pytest.mark.skipif(not tiers_here(), reason="this CPU is in no portable tier")
+def test_the_fingerprint_sees_the_kernels_that_the_pins_hold_back(portable_here):
+    """With every pin lifted (``native``), at least one model and precision hashes
+    differently from the best tier's portable run: on an AMX Xeon, bf16 runs on AMX and
+    fp32 on MKL's Intel SGEMM; on AMD, fp32 leaves MKL's COMPATIBLE branch. A fingerprint
+    that cannot tell those kernels apart could not catch them on another vendor's host."""
+    portable = portable_here(tiers_here()[0])
+    native = measure(host(), "native")
+    shared = sorted(set(portable) & set(native))
+    assert shared, f"no case in common: portable {sorted(portable)}, native {sorted(native)}"
+    assert any(portable[case] != native[case] for case in shared), \
+        f"native and portable hash alike in every case ({', '.join(shared)})"

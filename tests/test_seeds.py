@@ -1,10 +1,14 @@
 """tools.seeds: which DVC experiments count as another seed of the committed recipe."""
 
+import json
+import shutil
 import statistics
+import subprocess
+import sys
 
 import pytest
 
-from tools.seeds import experiments, summary
+from tools.seeds import experiments, missing_runs, summary
 
 PARAMS = {"train_lenet": {"seed": 1, "lr": 0.01}, "train_alexnet": {"seed": 1, "lr": 0.002}}
 PATHS = {"lenet": "metrics/lenet.json", "alexnet": "metrics/alexnet.json"}
@@ -58,3 +62,43 @@ def test_the_committed_run_alone_has_no_spread():
     committed = {"lenet": metrics(0.91, 0.92), "alexnet": metrics(0.93, 0.94)}
     out = summary(PARAMS, committed, [], PATHS)
     assert out["lenet"]["hflip"] == {"mean": 0.92, "std": 0.0}
+
+
+def test_a_run_the_file_holds_but_dvc_does_not_list_is_reported_missing():
+    committed = {"lenet": metrics(0.91, 0.92), "alexnet": metrics(0.93, 0.94)}
+    exps = experiments(shown(
+        ("s2", None, with_seed("lenet", 2), {PATHS["lenet"]: metrics(0.90, 0.915)})))
+    full = summary(PARAMS, committed, exps, PATHS)
+    bare = summary(PARAMS, committed, [], PATHS)
+    assert missing_runs(full, bare) == ["lenet seed 2 (s2 (abcdef0))"]
+    assert missing_runs(bare, full) == [] and missing_runs({}, bare) == []
+
+
+def test_an_experiment_without_every_view_is_left_out():
+    committed = {"lenet": metrics(0.91, 0.92), "alexnet": metrics(0.93, 0.94)}
+    old = {"test_views": {"single": {"accuracy": 0.9}}}  # before hflip existed
+    exps = experiments(shown(("old", None, with_seed("lenet", 2), {PATHS["lenet"]: old})))
+    assert [r["seed"] for r in summary(PARAMS, committed, exps, PATHS)["lenet"]["runs"]] == [1]
+
+
+@pytest.mark.e2e
+def test_in_a_fresh_clone_the_seeds_file_stays_as_committed(tmp_path):
+    """A clone has no experiment refs: `python -m tools.seeds` there keeps the committed
+    metrics/seeds.json (5 seeds a model), says how to get the experiments, exits 1."""
+    from tools import ROOT
+    from tools.readme import SEEDS_FILE
+    from tools.repo import repo_env, run
+
+    env = repo_env(tmp_path / "home")
+    (tmp_path / "home").mkdir()
+    clone = tmp_path / "clone"
+    run(["git", "clone", "-q", str(ROOT), str(clone)], tmp_path, env)
+    shutil.rmtree(clone / "tools")  # this checkout's tools, on the clone's files
+    shutil.copytree(ROOT / "tools", clone / "tools")
+    before = (clone / SEEDS_FILE).read_bytes()
+    assert len(json.loads(before)["lenet"]["runs"]) > 1
+    proc = subprocess.run([sys.executable, "-m", "tools.seeds"], cwd=clone, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1, proc.stdout + proc.stderr
+    assert "dvc exp pull" in proc.stderr and "left as it was" in proc.stderr
+    assert (clone / SEEDS_FILE).read_bytes() == before

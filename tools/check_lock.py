@@ -18,8 +18,7 @@ import argparse
 import sys
 from pathlib import Path
 
-import yaml
-
+from fmnist.dvcfiles import check_files, load_yaml
 from fmnist.params import read_params
 from fmnist.presets import flatten
 from tools import ROOT, run_tool
@@ -41,7 +40,7 @@ def leaves(tree: object, prefix: str) -> dict[str, object]:
 def changed_keys(repo: Path, stage: str, params_file: str, entry: str) -> list[str]:
     """The keys under a params entry (a key, or a whole section) whose values differ
     from what dvc.lock recorded for ``stage``."""
-    lock = yaml.safe_load((repo / "dvc.lock").read_text())["stages"].get(stage, {})
+    lock = load_yaml((repo / "dvc.lock").read_text(), "dvc.lock")["stages"].get(stage, {})
     then = lock.get("params", {}).get(params_file, {})
     now = read_params(repo / params_file)  # YAML 1.2, as DVC reads it
     for part in entry.split("."):
@@ -102,6 +101,7 @@ def downstream(repo: Path) -> dict[str, set[str]]:
 
 def check(repo: Path = ROOT) -> tuple[list[str], list[str]]:
     """(stale stages in pipeline order, one line per reason)."""
+    check_files(repo)  # before DVC's reader sees a hostile dvc.yaml or dvc.lock
     why = reasons(dvc_status(repo), repo)
     after = downstream(repo)
     order = list(after)

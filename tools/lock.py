@@ -3,6 +3,7 @@ the hashes of the files this machine's package sources hold, into requirements.l
 
     python -m tools.lock             # write requirements.lock (uv pip compile)
     python -m tools.lock --check     # exit 1 naming each installed package unlike the lock
+    python -m tools.lock --pins dvc  # `dvc==3.67.1`: the lock's version of each named package
 
 The lock covers `pip install -e '.[dev,onnx]'` (everything `make install` installs) for
 this project's machine kind: CPython 3.11 on x86-64 Linux. It reads the package sources
@@ -16,6 +17,7 @@ from __future__ import annotations
 import argparse
 import ast
 import os
+import re
 import shlex
 import shutil
 import subprocess
@@ -44,6 +46,24 @@ def uv_requirement(lock: Path) -> str:
     end = next((i for i in range(start + 1, len(lines))
                 if not lines[i].startswith(" ")), len(lines))
     return "\n".join(lines[start:end]) + "\n"
+
+
+def pins(lock: Path, names: list[str]) -> list[str]:
+    """``name==version`` of each named package, as the lock pins it (names compared as
+    PEP 503 normalizes them: ``ruamel.yaml`` is ``ruamel-yaml``). With the lock as
+    constraints (``uv pip install --require-hashes -c LOCK $(... --pins ...)``) uv
+    installs those packages and what they need, every one at the lock's version and
+    hash: the CI report's torch-free part of the lock."""
+    def norm(name: str) -> str:
+        return re.sub(r"[-_.]+", "-", name).lower()
+
+    pinned = {norm(line.split("==")[0]): line.split()[0]
+              for line in lock.read_text().splitlines()
+              if "==" in line and not line.startswith((" ", "#"))}
+    missing = [n for n in names if norm(n) not in pinned]
+    if missing:
+        raise SystemExit(f"lock: {lock} pins no {', '.join(missing)}: run `make lock`")
+    return [pinned[norm(n)] for n in names]
 
 
 def pip_config() -> dict[str, list[str]]:
@@ -108,8 +128,13 @@ def main(argv: list[str] | None = None) -> int:
     }
     for flag, what in switches.items():
         parser.add_argument(flag, action="store_true", help=what)
+    parser.add_argument("--pins", nargs="+", metavar="NAME",
+                        help="print the lock's `name==version` of each named package")
     parser.add_argument("--lock", type=Path, default=ROOT / LOCK_FILE)
     args = parser.parse_args(argv)
+    if args.pins:
+        print("\n".join(pins(args.lock, args.pins)))
+        return 0
     if args.uv_requirement:
         print(uv_requirement(args.lock), end="")
         return 0

@@ -11,6 +11,10 @@ An experiment counts for model NAME when its params equal params.yaml's but for
 committed run (params.yaml's seed, the committed metrics) is the first of each list.
 Experiments of the last commits count (``dvc exp show -n 30``): the seeds may have run
 before a later commit that changed no stage's outputs; each run names its commit.
+
+The file is never shrunk: where a run it holds is not among what `dvc exp show` lists
+here (a fresh clone has no experiment refs), it is left as it was and the tool exits 1,
+saying how to get them (`dvc exp pull`).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ from __future__ import annotations
 import argparse
 import json
 import statistics
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -71,7 +76,7 @@ def summary(params: dict[str, Any], committed: dict[str, dict[str, Any]],
                     {k: v for k, v in base.items() if k != key}:
                 continue
             m = e["metrics"].get(paths[name])
-            if m and "test_views" in m:
+            if m and set(VIEWS) <= set(m.get("test_views") or {}):
                 runs.append({"seed": seed, "run": f"{e['name']} ({e['commit'][:7]})",
                              **scores(m)})
         runs = runs[:1] + sorted(runs[1:], key=lambda r: r["seed"])
@@ -82,7 +87,27 @@ def summary(params: dict[str, Any], committed: dict[str, dict[str, Any]],
     return out
 
 
-def main() -> None:
+def missing_runs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
+    """The runs ``old`` (the seeds file as it is) holds that ``new`` lacks, by model
+    and seed."""
+    return [f"{name} seed {run['seed']} ({run['run']})"
+            for name, entry in old.items() if isinstance(entry, dict)
+            for run in entry.get("runs", [])
+            if run.get("seed") not in {r["seed"] for r in new.get(name, {}).get("runs", [])}]
+
+
+def read_seeds(path: Path) -> dict[str, Any]:
+    try:
+        old = json.loads(path.read_text())
+    except FileNotFoundError:
+        return {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: unreadable ({exc}); restore it with `git checkout -- "
+                        f"{path}` or remove it") from None
+    return old if isinstance(old, dict) else {}
+
+
+def main() -> int:
     parser = argparse.ArgumentParser(prog="python -m tools.seeds",
                                      description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=ROOT / SEEDS_FILE)
@@ -99,10 +124,19 @@ def main() -> None:
                             "`dvc pull` or `dvc repro evaluate`") from None
     shown = dvc_json(["exp", "show", "--json", "-n", str(args.commits)], ROOT, "the experiments")
     result = summary(read_params(ROOT / PARAMS_FILE), committed, experiments(shown), paths)
+    lost = missing_runs(read_seeds(args.out), result)
+    if lost:
+        print(f"error: {args.out} holds runs that `dvc exp show` does not list here: "
+              f"{', '.join(lost[:4])}{' ...' if len(lost) > 4 else ''}; get the "
+              "experiments with `dvc exp pull origin --all-commits` (or `git fetch origin "
+              "'refs/exps/*:refs/exps/*'`) and run again; the file is left as it was",
+              file=sys.stderr)
+        return 1
     args.out.write_text(json.dumps(result, indent=2) + "\n")
     for name, s in result.items():
         figures = ", ".join(f"{v} {s[v]['mean']:.4f} ± {s[v]['std']:.4f}" for v in VIEWS)
         print(f"{name}: {len(s['runs'])} seeds, {figures}")
+    return 0
 
 
 if __name__ == "__main__":

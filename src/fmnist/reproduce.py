@@ -42,9 +42,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, TextIO
 
-import yaml
-
 from fmnist.common import UserError, option, stage_command
+from fmnist.dvcfiles import check_yaml, load_yaml, lock_outs
 from fmnist.runtime import NATIVE_BF16_FLAGS
 from fmnist.stack import LOCK_FILE, differences
 
@@ -58,11 +57,6 @@ BOOTSTRAP = 10_000
 SEED = 0
 VERDICTS = ("identical", "equivalent", "inconclusive", "different", "not run")
 PASSING = ("identical", "equivalent")
-
-
-def outs(lock: dict[str, Any], stage: str) -> dict[str, str]:
-    """path -> md5 of a stage's outputs in a dvc.lock."""
-    return {o["path"]: o.get("md5", "") for o in lock["stages"].get(stage, {}).get("outs", [])}
 
 
 def committed(repo: Path, path: str) -> str | None:
@@ -297,16 +291,27 @@ def interruptible() -> Iterator[None]:
         signal.signal(signal.SIGTERM, before)
 
 
+def record(text: str | None) -> dict[str, Any]:
+    """A timings record as JSON, or {} where it is absent or not a JSON object: it only
+    explains a verdict, it never makes one."""
+    try:
+        data = json.loads(text) if text else {}
+    except ValueError:
+        return {}
+    return data if isinstance(data, dict) else {}
+
+
 def explain(clone: Path, stage: str, timings: str | None,
             committed_timings: str | None) -> list[str]:
     if timings is None:
         return []
     here = clone / timings
-    then = json.loads(committed_timings) if committed_timings else {}
-    now = json.loads(here.read_text()) if here.exists() else {}
-    before, after = then.get("environment", {}), now.get("environment", {})
-    if not before or "note" in before:
+    then = record(committed_timings)
+    now = record(here.read_text(errors="replace") if here.is_file() else None)
+    before, after = then.get("environment"), now.get("environment")
+    if not isinstance(before, dict) or not before or "note" in before:
         return ["the committed run recorded no environment to compare with"]
+    after = after if isinstance(after, dict) else {}
     lines = environment_diff(before, after)
     if then.get("precision") != now.get("precision"):
         lines.append(f"precision: the committed run trained in {then.get('precision')}, "
@@ -372,7 +377,8 @@ def check_stage(repo: Path, clone: Path, pipeline: dict[str, Any], lock: dict[st
                 new: dict[str, Any], stage: str) -> StageResult:
     if stage not in new["stages"]:
         return StageResult(stage, False, "not run", [], [])
-    want, got = outs(lock, stage), outs(new, stage)
+    want = lock_outs(lock, stage, "the committed dvc.lock")
+    got = lock_outs(new, stage, "the re-run's dvc.lock")
     if want and want == got:
         return StageResult(stage, True, "identical", [], [])
     differs = [f"{path}: committed {want.get(path)}, here {got.get(path)}"
@@ -386,16 +392,20 @@ def check_stage(repo: Path, clone: Path, pipeline: dict[str, Any], lock: dict[st
 
 
 def committed_lock(repo: Path) -> dict[str, Any]:
+    """The committed dvc.lock, parsed once bounded; the committed dvc.yaml is bounded
+    too, before the clone's `dvc repro` reads it."""
+    pipeline = committed(repo, "dvc.yaml")
+    if pipeline is not None:
+        check_yaml(pipeline, f"the committed dvc.yaml in {repo}")
     lock_text = committed(repo, "dvc.lock")
     if lock_text is None:
         raise UserError(f"no committed dvc.lock in {repo}'s HEAD: nothing to reproduce")
-    try:
-        lock = yaml.safe_load(lock_text)
-    except yaml.YAMLError:
-        lock = None
+    lock = load_yaml(lock_text, f"the committed dvc.lock in {repo}")
     if not isinstance(lock, dict) or not isinstance(lock.get("stages"), dict):
         raise UserError(f"the committed dvc.lock in {repo}'s HEAD is not DVC's lock file "
                         "(no mapping of stages): `dvc repro` and commit it again")
+    for stage in lock["stages"]:  # shaped as DVC writes it, before any work
+        lock_outs(lock, stage, f"the committed dvc.lock in {repo}")
     return lock
 
 
@@ -440,8 +450,8 @@ def reproduce(repo: Path, stages: list[str], keep: Path | None = None,
         run_in(["dvc", "repro", "--no-run-cache", *stages], clone, env,
                f"in the clone {clone}", stdout=log)
         print(f"done in {time.perf_counter() - t0:.0f} s", file=log, flush=True)
-        new = yaml.safe_load((clone / "dvc.lock").read_text())
-        pipeline = yaml.safe_load((clone / "dvc.yaml").read_text())
+        new = load_yaml((clone / "dvc.lock").read_text(), "the re-run's dvc.lock")
+        pipeline = load_yaml((clone / "dvc.yaml").read_text(), "dvc.yaml")
         results = [check_stage(repo, clone, pipeline, lock, new, stage)
                    for stage in lock["stages"]]
     report(results, as_json)
