@@ -252,7 +252,7 @@ def test_pictures_convert_unless_told_not_to(tmp_path):
 
 
 def tiny_onnx(path: Path, fill: float = 0.01, channels: int = 1, classes: int = 10,
-              elem: int = 1, second_input: bool = False) -> Path:
+              elem: int = 1, second_input: bool = False, batch: str | int = "N") -> Path:
     """A graph of this project's metadata: flatten, one dense layer of ``fill``; its
     shape, type and inputs as asked (elem 1: float32, 11: float64)."""
     import onnx
@@ -261,13 +261,13 @@ def tiny_onnx(path: Path, fill: float = 0.01, channels: int = 1, classes: int = 
     n_in = channels * 28 * 28
     weights = helper.make_tensor("w", elem, [n_in, classes], [fill] * (n_in * classes))
     shape = helper.make_tensor("s", TensorProto.INT64, [2], [-1, n_in])
-    inputs = [helper.make_tensor_value_info("x", elem, ["N", channels, 28, 28])]
+    inputs = [helper.make_tensor_value_info("x", elem, [batch, channels, 28, 28])]
     if second_input:
         inputs.append(helper.make_tensor_value_info("y", elem, ["N", 1]))
     graph = helper.make_graph(
         [helper.make_node("Reshape", ["x", "s"], ["f"]),
          helper.make_node("MatMul", ["f", "w"], ["logits"])], "g", inputs,
-        [helper.make_tensor_value_info("logits", elem, ["N", classes])], [weights, shape])
+        [helper.make_tensor_value_info("logits", elem, [batch, classes])], [weights, shape])
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 18)])
     model.ir_version = 9
     meta = model.metadata_props.add()
@@ -282,11 +282,13 @@ def a_png(path: Path) -> Path:
 
 
 @pytest.mark.parametrize("kind", ["5 logits", "20 logits", "3 channels", "float64",
-                                  "two inputs"])
+                                  "two inputs", "fixed batch 1"])
 def test_an_onnx_graph_off_the_contract_is_one_line(tmp_path, kind):
+    """Round five, case 7: a graph whose batch is fixed at 1 passed the check, then
+    failed on any batch > 1; it is off the contract like the others."""
     args = {"5 logits": {"classes": 5}, "20 logits": {"classes": 20},
             "3 channels": {"channels": 3}, "float64": {"elem": 11},
-            "two inputs": {"second_input": True}}[kind]
+            "two inputs": {"second_input": True}, "fixed batch 1": {"batch": 1}}[kind]
     model = tiny_onnx(tmp_path / "m.onnx", **args)
     proc = fmnist("predict", str(model), str(a_png(tmp_path / "a.png")), cwd=tmp_path)
     assert proc.returncode == 2 and "does not keep the contract" in proc.stderr, proc.stderr
@@ -324,6 +326,7 @@ def test_odd_inputs_are_each_their_own_line(tmp_path):
     bomb.write_bytes(z.compress(header) + z.compress(bytes(300 << 20)) + z.flush())
     np.save(tmp_path / "empty.npy", np.zeros((0,), np.float32))
     np.save(tmp_path / "strips.npy", np.zeros((28, 28, 1), np.uint8))
+    np.save(tmp_path / "five.npy", np.zeros((28, 28, 5), np.uint8))  # not 28 images
     (tmp_path / "odd.dds").write_bytes(b"DDS " + bytes(124) + b"\x00" * 64)
     long_name = str(tmp_path / ("x" * 300 + ".png"))
     weird = os.fsencode(tmp_path) + b"/\xff\xfe.png"
@@ -331,20 +334,42 @@ def test_odd_inputs_are_each_their_own_line(tmp_path):
     good = a_png(tmp_path / "good.png")
     model = tiny_onnx(tmp_path / "m.onnx")
     args = [str(fifo), str(bomb), str(tmp_path / "empty.npy"), str(tmp_path / "strips.npy"),
-            str(tmp_path / "odd.dds"), long_name, os.fsdecode(weird), str(good)]
+            str(tmp_path / "five.npy"), str(tmp_path / "odd.dds"), long_name,
+            os.fsdecode(weird), str(good)]
     proc = subprocess.run([PY, "-m", "fmnist.cli", "predict", str(model), *args],
                           cwd=tmp_path, capture_output=True, timeout=60)
     err = proc.stderr.decode("utf-8")
     assert proc.returncode == 1, err
     lines = err.strip().splitlines()
-    assert len(lines) == 6, err  # all but the good image and the non-UTF-8 name
+    assert len(lines) == 7, err  # all but the good image and the non-UTF-8 name
     for needle in ("pipe.png: not a regular file", "decompresses to over",
                    "empty.npy: array: empty", "strips.npy: array: shape (28, 28, 1) is "
-                   "ambiguous", "odd.dds: ", "File name too long"):
+                   "ambiguous", "five.npy: array: shape (28, 28, 5) is ambiguous",
+                   "odd.dds: ", "File name too long"):
         assert any(needle in line for line in lines), (needle, err)
     assert all(len(line) < 300 for line in lines)
     out = proc.stdout.decode("utf-8")
     assert "good.png" in out and "\\xff\\xfe.png" in out
+
+
+def test_a_params_file_that_does_not_parse_is_refused_not_ignored(tmp_path):
+    """Round five, case 6: `--params FILE` that does not parse fell back to a single
+    view; it is one line naming the file, whether or not the model records a view."""
+    model = tiny_onnx(tmp_path / "m.onnx")  # records tta: single
+    (tmp_path / "broken.yaml").write_text("evaluate: {tta: [\n")
+    (tmp_path / "odd.yaml").write_text("evaluate: {tta: sideways}\n")
+    png = str(a_png(tmp_path / "a.png"))
+    for name, needle in (("broken.yaml", "not valid YAML"), ("odd.yaml", "sideways"),
+                         ("missing.yaml", "not found")):
+        proc = fmnist("predict", str(model), png, "--params", str(tmp_path / name),
+                      cwd=tmp_path)
+        assert proc.returncode == 2 and needle in proc.stderr and name in proc.stderr, \
+            proc.stderr
+        assert proc.stderr.count("\n") == 1 and proc.stdout == ""
+    (tmp_path / "good.yaml").write_text("evaluate: {tta: hflip}\n")
+    proc = fmnist("predict", str(model), png, "--params", str(tmp_path / "good.yaml"),
+                  "--json", cwd=tmp_path)
+    assert proc.returncode == 0 and json.loads(proc.stdout)["view"] == "single"
 
 
 def test_a_closed_stdout_is_one_line(tmp_path):

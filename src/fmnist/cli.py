@@ -169,8 +169,9 @@ def parser() -> argparse.ArgumentParser:
     out.add_argument("--json", action="store_true", help="one JSON object on stdout")
     out.add_argument("--csv", action="store_true", help="CSV on stdout")
     p.add_argument("--batch-size", type=int, default=1000, help="images per forward pass")
-    p.add_argument("--params", type=Path, default=Path("params.yaml"),
-                   help="where to look up evaluate.tta (default: ./params.yaml)")
+    p.add_argument("--params", type=Path, help="where to look up evaluate.tta "
+                   "(default: ./params.yaml, where there is one); refused when it does "
+                   "not parse")
     p.set_defaults(run=_predict)
     return top
 

@@ -129,7 +129,9 @@ def _as_is(a: np.ndarray) -> np.ndarray:
     return a
 
 
-SHAPES = "(H, W), (H, W, 3) or (H, W, 4) for one image, (N, H, W) for several"
+SHAPES = ("(H, W), (H, W, 3) or (H, W, 4) for one image, (N, H, W) for several (H and W "
+          "at least 8)")
+MIN_SIDE = 8  # an (N, H, W) stack narrower than this is read as channels, not images
 
 
 def _stack(a: np.ndarray, what: str) -> np.ndarray:
@@ -137,8 +139,11 @@ def _stack(a: np.ndarray, what: str) -> np.ndarray:
     grayscale images (N, H, W) -> (N, H, W) uint8."""
     if a.size == 0:
         raise BadInput(f"{what}: empty, shape {a.shape}")
-    if a.ndim == 3 and a.shape[-1] == 1:  # one (H, W, 1) image, or N images 1 wide?
-        raise BadInput(f"{what}: shape {a.shape} is ambiguous; accepted: {SHAPES}")
+    if a.ndim == 3 and (a.shape[-1] == 1 or (a.shape[-1] not in (3, 4)
+                                            and a.shape[-1] < MIN_SIDE)):
+        # one (H, W, C) image of C channels, or N images C pixels wide?
+        raise BadInput(f"{what}: shape {a.shape} is ambiguous (channels, or images "
+                       f"{a.shape[-1]} pixels wide?); accepted: {SHAPES}")
     if a.dtype.kind == "f":
         if not np.isfinite(a).all() or a.min() < 0 or a.max() > 1:
             raise BadInput(f"{what}: float pixels must lie in [0, 1]")

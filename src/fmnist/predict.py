@@ -119,7 +119,8 @@ class OnnxModel:
 # The ONNX contract: what `package` exports and what this reads
 ONNX_INPUT = ("tensor(float)", (1, 28, 28))  # float32 (N, 1, 28, 28), pixels / 255
 ONNX_OUTPUT = ("tensor(float)", (len(CLASSES),))  # (N, 10) logits
-ONNX_CONTRACT = ("one float32 input `(N, 1, 28, 28)` of pixels / 255 (the input "
+ONNX_CONTRACT = ("one float32 input `(N, 1, 28, 28)` (N symbolic: any batch) of pixels / "
+                 "255 (the input "
                  f"normalization is inside the graph) and one output of the {len(CLASSES)} "
                  "logits")
 
@@ -130,9 +131,9 @@ def check_contract(session: Any, path: Path) -> str:
     ins, outs = session.get_inputs(), session.get_outputs()
 
     def fits(arg: Any, want: tuple[str, tuple[int, ...]]) -> bool:
-        shape = list(arg.shape)  # the batch axis first, symbolic or fixed
+        shape = list(arg.shape)  # the batch axis first: symbolic (any N), never fixed
         return arg.type == want[0] and tuple(shape[1:]) == want[1] \
-            and len(shape) == len(want[1]) + 1
+            and len(shape) == len(want[1]) + 1 and not isinstance(shape[0], int)
 
     if len(ins) != 1 or len(outs) != 1 or not fits(ins[0], ONNX_INPUT) \
             or not fits(outs[0], ONNX_OUTPUT):
@@ -153,21 +154,31 @@ def open_model(path: str | Path, batch_size: int = 1000) -> Model:
     raise UserError(f"{path}: a model is a folder (model.pt and meta.json) or an .onnx file")
 
 
-def default_view(model: Model, params_file: Path) -> str:
-    """The model's recorded view, else params.yaml's ``evaluate.tta``, else a single view."""
+def params_view(params_file: Path) -> str | None:
+    """``evaluate.tta`` of a params file (None where it names none); a file that does
+    not parse, or names no view, is a UserError: never a silent fallback."""
+    from fmnist.params import read_params
+
+    evaluate = read_params(params_file).get("evaluate")
+    tta = evaluate.get("tta") if isinstance(evaluate, dict) else None
+    if tta is not None and tta not in VIEWS:
+        raise UserError(f"{params_file}: evaluate.tta is {str(tta)[:40]!r}, not one of "
+                        f"{', '.join(VIEWS)}; fix it or give --tta")
+    return tta
+
+
+def default_view(model: Model, params_file: Path | None) -> str:
+    """The model's recorded view, else the params file's ``evaluate.tta`` (``--params``,
+    else ./params.yaml where there is one), else a single view. A ``--params`` given is
+    read, and refused when it does not parse, whichever view wins."""
     recorded = model.meta.get("tta")
+    path = params_file or Path("params.yaml")
+    tta = None
+    if params_file is not None or (recorded not in VIEWS and path.is_file()):
+        tta = params_view(path)
     if recorded in VIEWS:
         return recorded
-    if params_file.is_file():
-        from fmnist.params import read_params
-
-        try:
-            tta = read_params(params_file).get("evaluate", {}).get("tta")
-        except (UserError, AttributeError):
-            tta = None
-        if tta in VIEWS:
-            return tta
-    return SINGLE
+    return tta or SINGLE
 
 
 def softmax(logits: np.ndarray) -> np.ndarray:
@@ -243,7 +254,7 @@ def as_json(preds: list[Prediction], model: Model, view: str, errors: list[str])
 
 
 def run(model_path: Path, inputs: list[str], view: str | None, convert: bool, top: int,
-        fmt: str, batch_size: int, params_file: Path) -> int:
+        fmt: str, batch_size: int, params_file: Path | None) -> int:
     """The command: predictions on stdout, one line per failed input on stderr; exit
     code 1 when any input failed (the others are still reported)."""
     if not 1 <= top <= len(CLASSES):
