@@ -193,3 +193,49 @@ def test_the_card_is_its_template_filled_with_hub_metadata():
     assert "| Numerics | portable (tier x86-64-avx512-bf16) |" in text
     assert "every logit within 1e-05" in text and "- **Ankle boot** (F1 0.8100): Bag 3" in text
     assert "{{" not in text and "{%" not in text
+
+
+def test_hostile_strings_from_meta_json_cannot_change_the_card_or_the_report():
+    """Round five, case 8: a newline in meta.json's numerics.tier put a command line into
+    the card's `sh` block, and a `|` or a backtick from a side file could add a table
+    column or close a fence. Every such value goes through one rule for Markdown and
+    one for code blocks: the card and the report keep their lines and columns."""
+    from collections import Counter
+
+    from fmnist.export import Agreement
+    from fmnist.package import card
+    from fmnist.params import PackageParams
+    from fmnist.report import render
+
+    views = {"headline": "hflip", "single": {"accuracy": 0.91, "loss": 0.3},
+             "hflip": {"accuracy": 0.92, "loss": 0.29}}
+    per_class = {c: {"precision": 0.9, "recall": 0.9, "f1": 0.9} for c in CLASSES}
+    metrics = {"train": {"loss": 0.2, "accuracy": 0.95}, "test_views": views,
+               "test": {"accuracy": 0.92, "loss": 0.29, "macro_f1": 0.9, "weighted_f1": 0.9,
+                        "top2_accuracy": 0.98, "per_class": per_class},
+               "trainable_params": 44_426, "epochs": 40}
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())["train_lenet"]
+    evil = "x86\n```\nrm -rf ~ # `pwned` | <img src=x> [a](b)"
+    meta = {"model": "lenet", "title": f"LeNet-5 | {evil}", "params": {
+                **params, "amp": "none", "optimizer": "adamw | extra"},
+            "device": f"cpu{evil}", "world_size": 1,
+            "numerics": {"mode": "portable", "tier": evil, "threads": 2}}
+    text = card(build_model("lenet"), meta, metrics, Counter({("Ankle boot", "Bag"): 3}),
+                {"train": 60000, "val": 0, "test": 10000}, Agreement(10000, 10000, 3e-6),
+                PackageParams(opset=18, max_logit_diff=1e-4), "dist/lenet")
+    block = text.split("```sh\n")[1].split("```")[0]
+    assert len(block.splitlines()) == 3 and "\nrm -rf" not in block, block
+    assert text.count("```") == 2  # the one sh block, opened and closed
+    for line in text.replace(block, "").splitlines():  # code is text as it stands
+        if line.startswith("| Numerics") or line.startswith("| Device") \
+                or line.startswith("| Optimizer"):
+            assert line.replace("\\|", "").count("|") == 3, line  # two cells, no more
+        assert not re.search(r"(?<!\\)<img|(?<!\\)\]\(b\)", line), line  # escaped only
+    assert "rm -rf" in text  # shown, as text
+    report = render([{"metrics": metrics, "meta": meta, "name": "lenet"}], None)
+    for line in report.splitlines():
+        if line.startswith(("| Optimizer", "| Test Accuracy", "| Class")):
+            assert line.replace("\\|", "").count("|") == 3, line
+        if line.startswith("##"):
+            assert "rm -rf" not in line or "\\`pwned\\`" in line, line
+    assert "\nrm -rf" not in report and "```" not in report

@@ -3,10 +3,26 @@ one table builder, the training recipe as rows, and the card's template. No torc
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 from typing import Any
 
 TEMPLATES = Path(__file__).parent / "templates"
+# What could open a link, an emphasis, a code span, an HTML tag or a table cell
+_SPECIAL = re.compile(r"([\\`*_\[\]<>|])")
+
+
+def md(value: object) -> str:
+    """A value read from a side file (meta.json, metrics) as inline Markdown text: one
+    line (every run of whitespace, newlines included, one space) and each character that
+    could change the document's structure escaped. The one rule for prose and tables."""
+    return _SPECIAL.sub(r"\\\1", " ".join(str(value).split()))
+
+
+def code(value: object) -> str:
+    """A value read from a side file inside a code block: one line (a newline would
+    start a command of its own) and no backtick (which could close the fence)."""
+    return " ".join(str(value).replace("`", "'").split())
 
 
 def table(header: list[str], rows: list[list[str]], align: str | None = None) -> str:
@@ -54,7 +70,7 @@ def recipe_rows(p: dict[str, Any], meta: dict[str, Any] | None = None) -> list[l
                             f"{meta.get('world_size', 1)} process(es), {p['threads']} threads"],
                  ["Numerics", f"{numerics.get('mode', p.get('numerics', 'native'))}"
                               + (f" (tier {numerics['tier']})" if numerics.get("tier") else "")]]
-    return rows
+    return [[name, md(value)] for name, value in rows]
 
 
 def render(template: str, **data: Any) -> str:
@@ -66,4 +82,5 @@ def render(template: str, **data: Any) -> str:
                              lstrip_blocks=True, keep_trailing_newline=True,
                              autoescape=False)  # noqa: S701 - markdown, not HTML
     env.filters["f4"] = lambda x: f"{x:.4f}"
+    env.filters["md"], env.filters["code"] = md, code
     return env.get_template(template).render(**data)

@@ -9,7 +9,7 @@ from typing import Any
 
 from fmnist import CLASSES
 from fmnist.files import write_text
-from fmnist.markdown import recipe_rows, table
+from fmnist.markdown import md, recipe_rows, table
 from fmnist.views import LABELS, MIRROR, SINGLE, VIEWS
 
 Row = tuple[str, Callable[[dict[str, Any]], str]]
@@ -80,14 +80,14 @@ def render(results: list[dict[str, Any]], counts: dict[str, int] | None = None,
            "", *data_note(counts)]
     for r in results:
         m, meta, name = r["metrics"], r["meta"], r["name"]
-        out += [f"## {meta['title']}", "", "### Hyperparameters", ""]
+        out += [f"## {md(meta['title'])}", "", "### Hyperparameters", ""]
         out += [table(["Hyperparameter", "Value"], recipe_rows(meta["params"]), "ll")]
         out += ["", "### Results", ""]
         out += [table(["Metric", "Value"], rows(RESULTS_ROWS, [m]))]
         out += ["", *views_note(m)]
         out += ["", *figure_links(name, r.get("figures", []), figures), ""]
 
-    titles = [r["meta"]["title"] for r in results]
+    titles = [md(r["meta"]["title"]) for r in results]
     ms = [r["metrics"] for r in results]
     out += ["## Side by side", ""]
     out += [table(["", *titles], rows(COMPARISON_ROWS, ms))]

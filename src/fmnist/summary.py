@@ -6,7 +6,7 @@ import torch
 from torch import nn
 
 from fmnist import models
-from fmnist.markdown import table
+from fmnist.markdown import md, table
 from fmnist.models import INPUT_SHAPE, count_parameters
 
 
@@ -52,5 +52,5 @@ def layer_table(model: nn.Module, title: str) -> str:
     rows = [[str(i), f"`{label}`", "x".join(map(str, shape)), f"{n:,}"]
             for i, (label, shape, n) in enumerate(summary(model), 1)]
     rows.append(["", "**Total trainable**", "", f"**{count_parameters(model):,}**"])
-    return (f"**{title}** (input {'x'.join(map(str, INPUT_SHAPE))})\n\n"
+    return (f"**{md(title)}** (input {'x'.join(map(str, INPUT_SHAPE))})\n\n"
             + table(["#", "Layer", "Output shape", "Parameters"], rows, "rllr"))
