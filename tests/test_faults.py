@@ -632,3 +632,14 @@ def test_a_hostile_committed_dvc_lock_is_one_line_for_reproduce_and_check_lock(
                           capture_output=True, text=True, timeout=60)
     assert_one_line_error(proc, "dvc.lock")
     assert not (tmp_path / "work").exists()
+
+
+@pytest.mark.parametrize("content", ["garbage{", '{"portable": [1]}', "[]"])
+def test_a_fingerprint_file_of_garbage_is_one_line_before_any_measuring(tmp_path, content):
+    """Round five, case 11: `python -m tools.fingerprint --file` on garbage ended in a
+    traceback after minutes of training; now one line, at once."""
+    bad = tmp_path / "fp.json"
+    bad.write_text(content)
+    proc = subprocess.run([PY, "-m", "tools.fingerprint", "--check", "--file", str(bad)],
+                          cwd=ROOT, capture_output=True, text=True, timeout=60)
+    assert_one_line_error(proc, str(bad), "not a fingerprint file")

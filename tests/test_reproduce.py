@@ -225,3 +225,17 @@ def test_a_mismatch_names_the_packages_installed_unlike_the_lock(tmp_path):
     assert explain(clone, "train-lenet", "metrics/t.json", json.dumps(env)) == [
         "the environment matches the committed record and the lock: the code, data or "
         "params differ, or a kernel is not deterministic here"]
+
+
+@pytest.mark.parametrize("committed_text,here_text", [("not json", "{}"), ("[1, 2]", "nope"),
+                                                      ('{"environment": "cpu"}', "{}")])
+def test_a_timings_file_that_is_not_a_json_object_explains_nothing_and_breaks_nothing(
+        tmp_path, committed_text, here_text):
+    """Round five, case 11: a non-JSON timings file after a full re-run ended in a
+    traceback; a record only explains a verdict, so it says it has nothing to compare."""
+    from fmnist.reproduce import explain
+
+    (tmp_path / "metrics").mkdir()
+    (tmp_path / "metrics/t.json").write_text(here_text)
+    assert explain(tmp_path, "train-lenet", "metrics/t.json", committed_text) == [
+        "the committed run recorded no environment to compare with"]

@@ -32,6 +32,7 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -194,6 +195,26 @@ def compare(tier: str, want: dict[str, dict[str, str]],
     return lines
 
 
+def read_committed(path: Path) -> dict[str, dict[str, Any]]:
+    """The fingerprint file: mode -> key -> case -> layer -> hash ({} where absent); a
+    file of another shape is one line naming it."""
+    from fmnist.common import UserError
+
+    if not path.exists():
+        return {}
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError) as exc:
+        raise UserError(f"{path}: not a fingerprint file ({str(exc)[:80]}); restore it "
+                        "with git or regenerate it with --write") from None
+    if not isinstance(data, dict) or not all(
+            isinstance(keys, dict) and all(isinstance(v, dict) for v in keys.values())
+            for keys in data.values()):
+        raise UserError(f"{path}: not a fingerprint file (mode -> key -> hashes); restore "
+                        "it with git or regenerate it with --write")
+    return data
+
+
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__,
                                  formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -209,6 +230,7 @@ def main() -> int:
         print(json.dumps({f"{name}/{precision}": run_one(name, precision, args.numerics)
                           for name, precision in cases(args.run, args.numerics)}))
         return 0
+    committed = read_committed(args.file)  # before minutes of measuring, not after
     keys = keys_here(args.numerics)
     if not keys:
         print("this CPU is in no portable tier: nothing to fingerprint", file=sys.stderr)
@@ -217,7 +239,6 @@ def main() -> int:
     if args.show:
         print(json.dumps(here, indent=1, sort_keys=True))
         return 0
-    committed = json.loads(args.file.read_text()) if args.file.exists() else {}
     if args.write:
         args.file.write_text(json.dumps(merge(committed, args.numerics, here), indent=1,
                                         sort_keys=True) + "\n")
