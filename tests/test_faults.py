@@ -584,14 +584,17 @@ DEEP = "stages: " + "[" * 20_000 + "]" * 20_000 + "\n"
 
 
 @pytest.mark.parametrize("text,says", [(BOMB, "aliases expand"), (DEEP, "nested more than"),
-                                       ("stages: {a: [\n", "not valid YAML")])
+                                       ("stages: {a: [\n", "not valid YAML"),
+                                       ("stages: *nowhere\n", "not valid YAML"),
+                                       ("stages: {? [a]: 1}\n", "not valid YAML")])
 def test_a_hostile_dvc_file_is_refused_before_any_parser_expands_it(text, says):
-    """An alias bomb (10^9 nodes once expanded), 20,000 levels of nesting, broken YAML:
-    one UserError naming the file, in a single pass over the events."""
-    from fmnist.dvcfiles import check_yaml
+    """An alias bomb (10^9 nodes once expanded), 20,000 levels of nesting, broken YAML,
+    an undefined alias, a list as a key: one UserError naming the file, the first
+    three in a single pass over the events."""
+    from fmnist.dvcfiles import load_yaml
 
     with pytest.raises(UserError, match=says) as exc:
-        check_yaml(text, "dvc.lock")
+        load_yaml(text, "dvc.lock")
     assert str(exc.value).startswith("dvc.lock: ")
 
 

@@ -167,6 +167,10 @@ def test_keep_takes_a_new_or_empty_folder_and_deletes_nothing(tmp_path):
         assert proc.returncode == 2 and "not a new or empty folder" in proc.stderr, proc.stderr
     assert (mine / "clone" / "thesis.tex").read_text() == "precious"
     assert list(elsewhere.iterdir()) == []
+    (tmp_path / "a-file").write_text("")
+    proc = keep(tmp_path / "a-file" / "sub")
+    assert proc.returncode == 2 and "cannot make the folder" in proc.stderr, proc.stderr
+    assert proc.stderr.count("\n") == 1
     proc = keep(tmp_path / "new", "train-nothing")
     assert proc.returncode == 2 and "no stage 'train-nothing'" in proc.stderr
     assert not (tmp_path / "new").exists()
@@ -187,21 +191,24 @@ def test_sigterm_stops_the_rerun_and_removes_the_temporary_folder(committed_repo
         proc = subprocess.Popen([PY, "-m", "fmnist.cli", "reproduce", "--repo", str(repo),
                                  "--stages", "train-lenet"], cwd=ROOT, stderr=err,
                                 stdout=subprocess.DEVNULL, env={**os.environ, "TMPDIR": str(tmp)})
+    started = []
     try:
         deadline = time.monotonic() + 240
         while "lenet epoch 1/" not in log.read_text() and proc.poll() is None:
             assert time.monotonic() < deadline, log.read_text()
             time.sleep(0.5)
         assert proc.poll() is None, log.read_text()
+        started = psutil.Process(proc.pid).children(recursive=True)  # dvc, the training
+        assert any("train.py" in " ".join(p.cmdline()) for p in started), started
         proc.send_signal(signal.SIGTERM)
         assert proc.wait(60) == 130, log.read_text()
     finally:
         proc.kill()
+        _, alive = psutil.wait_procs(started, timeout=15)
+        for p in alive:
+            p.kill()
     assert list(tmp.glob("fmnist-reproduce-*")) == []  # (torch may keep caches there)
-    time.sleep(1)
-    left = [p.info for p in psutil.process_iter(["pid", "cmdline"])
-            if str(tmp) in " ".join(p.info["cmdline"] or [])]
-    assert left == [], left
+    assert alive == [], alive
 
 
 def test_a_mismatch_names_the_packages_installed_unlike_the_lock(tmp_path):

@@ -89,11 +89,18 @@ def summary(params: dict[str, Any], committed: dict[str, dict[str, Any]],
 
 def missing_runs(old: dict[str, Any], new: dict[str, Any]) -> list[str]:
     """The runs ``old`` (the seeds file as it is) holds that ``new`` lacks, by model
-    and seed."""
-    return [f"{name} seed {run['seed']} ({run['run']})"
-            for name, entry in old.items() if isinstance(entry, dict)
-            for run in entry.get("runs", [])
-            if run.get("seed") not in {r["seed"] for r in new.get(name, {}).get("runs", [])}]
+    and seed, for the models whose committed run is the same in both: where the
+    committed run changed (another recipe), the old seeds are another recipe's and
+    rewriting them loses nothing of this one."""
+    def committed(entry: Any) -> Any:
+        runs = entry.get("runs") if isinstance(entry, dict) else None
+        return runs[0] if isinstance(runs, list) and runs else None
+
+    return [f"{name} seed {run.get('seed')} ({run.get('run')})"
+            for name, entry in old.items()
+            if committed(entry) is not None and committed(entry) == committed(new.get(name))
+            for run in entry["runs"] if isinstance(run, dict)
+            and run.get("seed") not in {r["seed"] for r in new[name]["runs"]}]
 
 
 def read_seeds(path: Path) -> dict[str, Any]:

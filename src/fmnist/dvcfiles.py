@@ -56,7 +56,10 @@ def check_yaml(text: str, where: str) -> None:
 def load_yaml(text: str, where: str) -> Any:
     """``text`` parsed, once ``check_yaml`` has bounded it."""
     check_yaml(text, where)
-    return yaml.safe_load(text)
+    try:  # an undefined alias, a mapping as a key: errors the events alone do not show
+        return yaml.safe_load(text)
+    except yaml.YAMLError as exc:
+        raise UserError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
 
 
 def check_files(root: Path) -> None:
@@ -64,6 +67,9 @@ def check_files(root: Path) -> None:
     for name in ("dvc.yaml", "dvc.lock"):
         path = root / name
         if path.is_file():
+            if path.stat().st_size > MAX_BYTES:  # before reading it whole
+                raise UserError(f"{path}: {path.stat().st_size:,} bytes, more than a DVC "
+                                f"file holds ({MAX_BYTES:,}); restore it from git")
             check_yaml(path.read_text(errors="replace"), str(path))
 
 

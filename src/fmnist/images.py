@@ -129,8 +129,8 @@ def _as_is(a: np.ndarray) -> np.ndarray:
     return a
 
 
-SHAPES = ("(H, W), (H, W, 3) or (H, W, 4) for one image, (N, H, W) for several (H and W "
-          "at least 8)")
+SHAPES = ("(H, W), (H, W, 3) or (H, W, 4) for one image, (N, H, W) for several (W at "
+          "least 8: a narrower last axis reads as channels)")
 MIN_SIDE = 8  # an (N, H, W) stack narrower than this is read as channels, not images
 
 

@@ -155,8 +155,9 @@ def open_model(path: str | Path, batch_size: int = 1000) -> Model:
 
 
 def params_view(params_file: Path) -> str | None:
-    """``evaluate.tta`` of a params file (None where it names none); a file that does
-    not parse, or names no view, is a UserError: never a silent fallback."""
+    """``evaluate.tta`` of a params file (None where it has none); a file that does not
+    parse, or whose ``evaluate.tta`` is not a view, is a UserError: never a silent
+    fallback."""
     from fmnist.params import read_params
 
     evaluate = read_params(params_file).get("evaluate")

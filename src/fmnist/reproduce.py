@@ -421,7 +421,11 @@ def work_folder(keep: Path | None) -> Iterator[Path]:
     if keep.is_symlink() or (keep.exists() and (not keep.is_dir() or any(keep.iterdir()))):
         raise UserError(f"--keep {keep}: not a new or empty folder; give one, and this "
                         "run's clone stays there")
-    keep.mkdir(parents=True, exist_ok=True)
+    try:
+        keep.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UserError(f"--keep {keep}: cannot make the folder ({exc.strerror or exc})"
+                        ) from None
     yield keep.resolve()
 
 
