@@ -129,8 +129,7 @@ def _as_is(a: np.ndarray) -> np.ndarray:
     return a
 
 
-SHAPES = ("(H, W), (H, W, 3) or (H, W, 4) for one image, (N, H, W) for several (W at "
-          "least 8: a narrower last axis reads as channels)")
+SHAPES = "(H, W), (H, W, 3) or (H, W, 4) for one image, (N, H, W) for several"
 MIN_SIDE = 8  # an (N, H, W) stack narrower than this is read as channels, not images
 
 
