@@ -19,12 +19,20 @@ MAX_DEPTH = 64          # DVC's files nest 6 levels
 MAX_NODES = 1_000_000   # scalars and collections once every alias is expanded
 
 
+def check_size(size: int, where: str) -> None:
+    if size > MAX_BYTES:
+        raise UserError(f"{where}: {size:,} bytes, more than a DVC file holds "
+                        f"({MAX_BYTES:,}); restore it from git")
+
+
+def invalid(where: str, exc: yaml.YAMLError) -> UserError:
+    return UserError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})")
+
+
 def check_yaml(text: str, where: str) -> None:
     """Refuse ``text`` when it is larger, deeper or (aliases expanded) bigger than any
     DVC file of a pipeline; a UserError naming ``where`` otherwise."""
-    if len(text) > MAX_BYTES:
-        raise UserError(f"{where}: {len(text):,} characters, more than a DVC file holds "
-                        f"({MAX_BYTES:,}); restore it from git")
+    check_size(len(text.encode(errors="replace")), where)
     sizes: dict[str, int] = {}          # anchor -> its node's size, aliases expanded
     stack: list[list[Any]] = [[None, 0]]  # open collections: [anchor, size so far]
     try:
@@ -50,7 +58,7 @@ def check_yaml(text: str, where: str) -> None:
                 raise UserError(f"{where}: its aliases expand to more than {MAX_NODES:,} "
                                 "nodes, far more than any DVC file; restore it from git")
     except yaml.YAMLError as exc:
-        raise UserError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise invalid(where, exc) from None
 
 
 def load_yaml(text: str, where: str) -> Any:
@@ -59,7 +67,7 @@ def load_yaml(text: str, where: str) -> Any:
     try:  # an undefined alias, a mapping as a key: errors the events alone do not show
         return yaml.safe_load(text)
     except yaml.YAMLError as exc:
-        raise UserError(f"{where}: not valid YAML ({str(exc).splitlines()[0]})") from None
+        raise invalid(where, exc) from None
 
 
 def check_files(root: Path) -> None:
@@ -67,9 +75,7 @@ def check_files(root: Path) -> None:
     for name in ("dvc.yaml", "dvc.lock"):
         path = root / name
         if path.is_file():
-            if path.stat().st_size > MAX_BYTES:  # before reading it whole
-                raise UserError(f"{path}: {path.stat().st_size:,} bytes, more than a DVC "
-                                f"file holds ({MAX_BYTES:,}); restore it from git")
+            check_size(path.stat().st_size, str(path))  # before reading it whole
             check_yaml(path.read_text(errors="replace"), str(path))
 
 
